@@ -1,0 +1,35 @@
+# Cargohold's two commands: `make run` and `make test`. Each installs what is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint unit openapi check-openapi clean
+
+$(STAMP): requirements.lock requirements-test.lock pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
+	  || { apt-get update && apt-get install -y python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-test.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+## run: start the daemon on its defaults (SQLite under /var/lib/cargohold, unix:///run/cargohold/cargohold.sock)
+run: $(STAMP)
+	exec $(BIN)/cargohold serve $(ARGS)
+
+## test: lint, type-check, OpenAPI drift check, then every test
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests
+	$(BIN)/mypy
+
+## openapi: regenerate openapi/openapi.json from the app (commit the result)
+openapi: $(STAMP)
+	$(BIN)/cargohold openapi > openapi/openapi.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The HTTP layer: routers (HTTP shape only), problem responses, dependencies, middleware."""

@@ -1,0 +1,93 @@
+"""Routes for /containers: HTTP shape only; the rules are in ContainerService."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Response
+
+from ..containers import etag_of
+from ..models import Container, ContainerCreate, ContainerList
+from .deps import ContainerId, Containers, NamespaceHeader
+from .problems import problems
+
+router = APIRouter(prefix="/containers", tags=["containers"])
+
+FILTER_DOC = (
+    "containerd filter syntax, e.g. `labels.env==prod,image~=^busybox`. "
+    "Repeat the parameter to OR filters; `,` inside one ANDs its selectors."
+)
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a container",
+    responses=problems(400, 409, 413, 422),
+)
+async def create_container(
+    body: ContainerCreate,
+    namespace: NamespaceHeader,
+    containers: Containers,
+    response: Response,
+) -> Container:
+    created = await containers.create(namespace, body)
+    response.headers["Location"] = f"/containers/{created.id}"
+    response.headers["ETag"] = etag_of(created)
+    return created
+
+
+@router.get("", summary="List containers", responses=problems(400, 404))
+async def list_containers(
+    namespace: NamespaceHeader,
+    containers: Containers,
+    filters: Annotated[list[str], Query(alias="filter", description=FILTER_DOC)] = [],  # noqa: B006
+) -> ContainerList:
+    return ContainerList(containers=await containers.list(namespace, filters))
+
+
+@router.get("/{container_id}", summary="Get a container", responses=problems(400, 404))
+async def get_container(
+    container_id: ContainerId,
+    namespace: NamespaceHeader,
+    containers: Containers,
+    response: Response,
+) -> Container:
+    container = await containers.get(namespace, container_id)
+    response.headers["ETag"] = etag_of(container)
+    return container
+
+
+@router.patch(
+    "/{container_id}",
+    summary="Update a container with a JSON merge patch",
+    description="RFC 7396: a `null` member deletes it (e.g. a label). `id` and the "
+    "timestamps cannot change. Send `If-Match` with the ETag to update only what you read.",
+    responses=problems(400, 404, 412, 413, 422),
+)
+async def update_container(
+    container_id: ContainerId,
+    patch: Annotated[dict[str, Any], Body(media_type="application/merge-patch+json")],
+    namespace: NamespaceHeader,
+    containers: Containers,
+    response: Response,
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+) -> Container:
+    updated = await containers.update(namespace, container_id, patch, if_match)
+    response.headers["ETag"] = etag_of(updated)
+    return updated
+
+
+@router.delete(
+    "/{container_id}",
+    status_code=204,
+    summary="Delete a container",
+    responses=problems(400, 404, 409),
+)
+async def delete_container(
+    container_id: ContainerId,
+    namespace: NamespaceHeader,
+    containers: Containers,
+) -> Response:
+    await containers.delete(namespace, container_id)
+    return Response(status_code=204)

@@ -1,0 +1,69 @@
+"""Injected things, each named once as an `Annotated` alias for the routers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Request
+
+from ..containers import ContainerService
+from ..daemon import Daemon
+from ..events import EventService
+from ..identifiers import IDENTIFIER_PATTERN, validate_identifier
+from ..namespaces import NamespaceService
+
+
+def get_daemon(request: Request) -> Daemon:
+    daemon: Daemon = request.state.daemon
+    return daemon
+
+
+DaemonDep = Annotated[Daemon, Depends(get_daemon)]
+
+
+def get_containers(daemon: DaemonDep) -> ContainerService:
+    return daemon.containers
+
+
+def get_namespaces(daemon: DaemonDep) -> NamespaceService:
+    return daemon.namespaces
+
+
+def get_events(daemon: DaemonDep) -> EventService:
+    return daemon.events
+
+
+Containers = Annotated[ContainerService, Depends(get_containers)]
+Namespaces = Annotated[NamespaceService, Depends(get_namespaces)]
+Events = Annotated[EventService, Depends(get_events)]
+
+
+def namespace_header(
+    cargohold_namespace: Annotated[
+        str,
+        Header(
+            alias="Cargohold-Namespace",
+            description="the namespace the request acts in",
+            json_schema_extra={"pattern": IDENTIFIER_PATTERN},
+        ),
+    ] = "default",
+) -> str:
+    # Checked here, not by FastAPI's pattern, so the problem says 400 and which rule broke.
+    return validate_identifier("namespace", cargohold_namespace)
+
+
+def container_id_path(
+    container_id: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})],
+) -> str:
+    return validate_identifier("container id", container_id)
+
+
+def namespace_name_path(
+    name: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})],
+) -> str:
+    return validate_identifier("namespace", name)
+
+
+NamespaceHeader = Annotated[str, Depends(namespace_header)]
+ContainerId = Annotated[str, Depends(container_id_path)]
+NamespaceName = Annotated[str, Depends(namespace_name_path)]

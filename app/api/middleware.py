@@ -1,0 +1,80 @@
+"""Pure ASGI middleware: bearer-token authentication on TCP, and the request body limit.
+
+Both answer with problem+json themselves and never buffer a body.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Collection
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import CargoholdError, ErrorKind
+from .problems import problem_response
+
+
+class TokenAuthMiddleware:
+    """Require `Authorization: Bearer <token>` on requests that came over TCP.
+
+    Unix-socket requests are trusted as Docker's socket is: its file mode is the gate.
+    uvicorn reports a unix socket's `server` as (path, None): no port tells them apart.
+    """
+
+    def __init__(self, app: ASGIApp, token: str, public_paths: Collection[str]) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+        self._public_paths = frozenset(public_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        over_tcp = server is not None and server[1] is not None
+        if scope["type"] != "http" or not over_tcp or scope["path"] in self._public_paths:
+            await self.app(scope, receive, send)
+            return
+        supplied = dict(scope["headers"]).get(b"authorization", b"")
+        if hmac.compare_digest(supplied, self._expected):
+            await self.app(scope, receive, send)
+            return
+        detail = (
+            "wrong bearer token" if supplied else
+            "this endpoint needs 'Authorization: Bearer <token>' over TCP; "
+            "the token is in the daemon's --token-file (default: <state>/token)"
+        )
+        response = problem_response(
+            401, detail, ErrorKind.UNAUTHENTICATED.value, headers={"WWW-Authenticate": "Bearer"}
+        )
+        await response(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies larger than `max_bytes` with 413, by header or as they stream."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self._max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+            await problem_response(413, self._detail(), ErrorKind.TOO_LARGE.value)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self._max_bytes:
+                    # Raised inside the route, so the problem handlers answer it.
+                    raise CargoholdError(ErrorKind.TOO_LARGE, self._detail())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _detail(self) -> str:
+        return f"request body is larger than the limit of {self._max_bytes} bytes"

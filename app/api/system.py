@@ -1,0 +1,32 @@
+"""Routes about the daemon itself: /healthz, /version and /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from ..models import Health, VersionInfo
+from .deps import DaemonDep
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", summary="Liveness check (no token needed)")
+async def get_health() -> Health:
+    return Health()
+
+
+@router.get("/version", summary="Daemon, runtime and host versions")
+async def get_version(daemon: DaemonDep) -> VersionInfo:
+    return daemon.version
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+)
+async def get_metrics(request: Request) -> Response:
+    registry: CollectorRegistry = request.app.state.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

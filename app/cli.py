@@ -1,0 +1,113 @@
+"""The `cargohold` command: `serve` runs the daemon, `openapi` prints its API description."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from contextlib import suppress
+from pathlib import Path
+
+import uvicorn
+
+from . import __version__
+from .config import DEFAULT_LISTEN, DEFAULT_ROOT, DEFAULT_STATE, Listener, Settings
+from .main import create_app
+
+log = logging.getLogger("cargohold")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cargohold", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cargohold {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="persistent data (database, snapshots)")
+    serve.add_argument("--state", type=Path, default=DEFAULT_STATE, help="runtime state (sockets, bundles, token)")
+    serve.add_argument(
+        "--listen", action="append", metavar="URL",
+        help=f"unix:///path.sock or tcp://host:port; repeatable (default {DEFAULT_LISTEN})",
+    )
+    serve.add_argument("--token-file", type=Path, help="bearer token for TCP (default: generated <state>/token)")
+    serve.add_argument("--metrics-public", action="store_true", help="serve /metrics over TCP without a token")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    commands.add_parser("openapi", help="print the OpenAPI description as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "openapi":
+        app = create_app(Settings(listeners=()))
+        json.dump(app.openapi(), sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    try:
+        listeners = tuple(Listener.parse(url) for url in (args.listen or [DEFAULT_LISTEN]))
+    except ValueError as error:
+        print(f"cargohold: {error}", file=sys.stderr)
+        return 2
+    settings = Settings(
+        root=args.root,
+        state=args.state,
+        listeners=listeners,
+        token_file=args.token_file,
+        metrics_public=args.metrics_public,
+    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(settings, args.log_level))
+
+
+async def serve(settings: Settings, log_level: str = "info") -> int:
+    """Serve on every listener until SIGTERM/SIGINT; in-flight requests finish first."""
+    sockets = [_bind(listener) for listener in settings.listeners]
+    config = uvicorn.Config(
+        create_app(settings), log_level=log_level, timeout_graceful_shutdown=10, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    try:
+        for listener in settings.listeners:
+            log.info("listening on %s", listener.url)
+        await server.serve(sockets=sockets)
+    finally:
+        for sock, listener in zip(sockets, settings.listeners, strict=True):
+            sock.close()
+            if listener.path is not None:
+                with suppress(FileNotFoundError):
+                    listener.path.unlink()
+    return 0 if server.started else 1
+
+
+def _bind(listener: Listener) -> socket.socket:
+    if listener.path is not None:
+        return _bind_unix(listener.path)
+    assert listener.host is not None and listener.port is not None
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    return socket.create_server((listener.host, listener.port), family=family, backlog=2048)
+
+
+def _bind_unix(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: left by a daemon that did not shut down cleanly
+        else:
+            raise SystemExit(f"cargohold: another daemon is serving on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    # 0660 as Docker's socket: whoever can write to it can run processes as root.
+    os.chmod(path, 0o660)
+    sock.listen(2048)
+    return sock

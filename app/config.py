@@ -1,0 +1,80 @@
+"""Daemon settings: directories, listeners, limits and intervals.
+
+A `Settings` value is built once by the CLI (or a test) and passed down; nothing reads
+it from a global, so a test can build as many apps as it likes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_ROOT = Path("/var/lib/cargohold")
+DEFAULT_STATE = Path("/run/cargohold")
+DEFAULT_LISTEN = "unix:///run/cargohold/cargohold.sock"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One address to serve on: a unix socket path or a TCP host and port."""
+
+    url: str
+    path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.host is not None
+
+    @classmethod
+    def parse(cls, url: str) -> Listener:
+        """Parse `unix:///abs/path.sock` or `tcp://host:port`; raise ValueError otherwise."""
+        if url.startswith("unix://"):
+            path = url.removeprefix("unix://")
+            if not path.startswith("/"):
+                raise ValueError(f"unix listener needs an absolute path: {url!r}")
+            return cls(url=url, path=Path(path))
+        if url.startswith("tcp://"):
+            hostport = url.removeprefix("tcp://")
+            host, sep, port = hostport.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"tcp listener needs host:port: {url!r}")
+            return cls(url=url, host=host.strip("[]"), port=int(port))
+        raise ValueError(f"listener must start with unix:// or tcp://: {url!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon is configured with."""
+
+    root: Path = DEFAULT_ROOT
+    state: Path = DEFAULT_STATE
+    listeners: tuple[Listener, ...] = field(
+        default_factory=lambda: (Listener.parse(DEFAULT_LISTEN),)
+    )
+    token_file: Path | None = None
+    metrics_public: bool = False
+    snapshotter: str = "overlayfs"
+    # Request bodies above this are refused with 413 (DESIGN: 1 MiB).
+    max_body_bytes: int = 1024 * 1024
+    # Events kept in the store; older ones are pruned as new ones arrive.
+    event_retention: int = 100_000
+    # Events buffered per SSE subscriber before it falls back to reading the store.
+    subscriber_queue_size: int = 1024
+    # Seconds between SSE heartbeat comments on an idle stream.
+    heartbeat_seconds: float = 15.0
+    # Seconds a frozen SSE client may block one send before it is dropped.
+    sse_send_timeout: float = 30.0
+
+    @property
+    def database_path(self) -> Path:
+        return self.root / "metadata.db"
+
+    @property
+    def has_tcp_listener(self) -> bool:
+        return any(listener.is_tcp for listener in self.listeners)
+
+    @property
+    def default_token_path(self) -> Path:
+        return self.state / "token"

@@ -1,0 +1,93 @@
+"""The object graph: one place that builds every part from `Settings` and tears it down.
+
+`open_daemon(settings)` opens the database, wires the event bus to commits, builds the
+stores and services, probes the host, and yields a `Daemon`; on exit it closes them in
+reverse order. Constructors take their dependencies; nothing here is a global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .config import Settings
+from .containers import ContainerService
+from .events import EventBus, EventService
+from .models import Event, VersionInfo
+from .namespaces import NamespaceService
+from .store.containers import ContainerStore
+from .store.db import Database
+from .store.events import EventStore
+from .store.namespaces import NamespaceStore
+
+RUNTIME_BINARIES = ("runc", "crun", "conmon")
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    bus: EventBus
+    namespaces: NamespaceService
+    containers: ContainerService
+    events: EventService
+    version: VersionInfo
+
+
+@asynccontextmanager
+async def open_daemon(
+    settings: Settings, on_event: Callable[[Event], None] | None = None
+) -> AsyncIterator[Daemon]:
+    """Build the daemon; `on_event` sees every published event (the metrics counter)."""
+    async with AsyncExitStack() as stack:
+        settings.root.mkdir(parents=True, exist_ok=True)
+        settings.state.mkdir(parents=True, exist_ok=True)
+        db = await Database.open(settings.database_path, settings.event_retention)
+        stack.push_async_callback(db.close)
+        bus = EventBus(settings.subscriber_queue_size, on_publish=on_event)
+        db.on_commit = bus.publish
+        yield Daemon(
+            settings=settings,
+            bus=bus,
+            namespaces=NamespaceService(NamespaceStore(db)),
+            containers=ContainerService(ContainerStore(db, settings.snapshotter)),
+            events=EventService(EventStore(db), bus),
+            version=VersionInfo(
+                version=__version__,
+                runtimes=await probe_runtimes(),
+                cgroup_mode=cgroup_mode(),
+                snapshotter=settings.snapshotter,
+            ),
+        )
+
+
+async def probe_runtimes() -> dict[str, str | None]:
+    """Each runtime binary's version line, or None when it is not installed."""
+
+    async def version_of(binary: str) -> str | None:
+        path = shutil.which(binary)
+        if path is None:
+            return None
+        process = await asyncio.create_subprocess_exec(
+            path, "--version",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await process.communicate()
+        first = out.decode(errors="replace").strip().splitlines()
+        return first[0] if first else "unknown"
+
+    versions = await asyncio.gather(*(version_of(binary) for binary in RUNTIME_BINARIES))
+    return dict(zip(RUNTIME_BINARIES, versions, strict=True))
+
+
+def cgroup_mode(mountpoint: Path = Path("/sys/fs/cgroup")) -> str:
+    """`unified` (v2 only), `hybrid` (v1 controllers plus a v2 mount) or `legacy` (v1)."""
+    if (mountpoint / "cgroup.controllers").exists():
+        return "unified"
+    if (mountpoint / "unified" / "cgroup.controllers").exists():
+        return "hybrid"
+    return "legacy"

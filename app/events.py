@@ -1,0 +1,178 @@
+"""Event topics and the in-memory fan-out bus.
+
+Events are created by the store inside the transaction of the change they describe
+(so an acknowledged change always has its event and a failed one never does) and are
+handed to `EventBus.publish` only after that transaction commits, in id order.
+
+The bus never blocks a publisher: each subscriber has a bounded queue. A subscriber
+that falls behind is marked `lagging` and its queue dropped; the reader then catches
+up from the store (which has every event) instead of the daemon's memory growing.
+This module knows nothing of SQL or HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+
+from .filters import FieldGetter, Filter
+from .filters import parse as parse_filters
+from .models import Event, EventPage
+from .store.events import EventStore
+
+
+class Subscription:
+    """One subscriber's bounded view of the live event flow."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self._wakeup = asyncio.Event()
+        self.lagging = False
+
+    def _offer(self, event: Event) -> None:
+        if self.lagging:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            # Drop what is buffered: the reader will re-read from the store.
+            self.lagging = True
+            self._queue = asyncio.Queue(self._queue.maxsize)
+        self._wakeup.set()
+
+    async def next_batch(self) -> list[Event]:
+        """Wait for live events and return them; [] means `lagging` was set."""
+        while self._queue.empty() and not self.lagging:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch: list[Event] = []
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    def resume(self) -> None:
+        """Accept live events again after the reader caught up from the store."""
+        self.lagging = False
+
+
+class EventBus:
+    """Fans committed events out to subscribers without ever waiting on one."""
+
+    def __init__(self, queue_size: int, on_publish: Callable[[Event], None] | None = None) -> None:
+        self._queue_size = queue_size
+        self._subscribers: set[Subscription] = set()
+        self._on_publish = on_publish
+
+    def publish(self, events: Iterable[Event]) -> None:
+        for event in events:
+            if self._on_publish is not None:
+                self._on_publish(event)
+            for subscriber in self._subscribers:
+                subscriber._offer(event)
+
+    def subscribe(self) -> Subscription:
+        subscription = Subscription(self._queue_size)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+
+def event_field(event: Event) -> FieldGetter:
+    """The filter adaptor for event envelopes: topic, namespace, id, event.<path>."""
+
+    def field(path: Sequence[str]) -> str | None:
+        if not path:
+            return None
+        head, rest = path[0], path[1:]
+        if head in ("topic", "namespace") and not rest:
+            return str(getattr(event, head))
+        if head == "id" and not rest:
+            return str(event.id)
+        if head != "event":
+            return None
+        value: Any = event.event
+        for key in rest:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        if isinstance(value, str):
+            return value
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    return field
+
+
+class EventService:
+    """Reads events: pages from the store, and streams that replay then follow live."""
+
+    # Events read from the store per query while replaying or paging.
+    PAGE = 500
+
+    def __init__(self, store: EventStore, bus: EventBus) -> None:
+        self._store = store
+        self._bus = bus
+
+    async def history(self, filter_exprs: Sequence[str], since: int, limit: int) -> EventPage:
+        """Up to `limit` matching events after `since`; `last_id` is where the scan stopped."""
+        match = parse_filters(filter_exprs)
+        found: list[Event] = []
+        last_id = since
+        while len(found) < limit:
+            batch = await self._store.after(last_id, self.PAGE)
+            for event in batch:
+                last_id = event.id
+                if match.matches(event_field(event)):
+                    found.append(event)
+                    if len(found) == limit:
+                        break
+            if len(batch) < self.PAGE:
+                break
+        return EventPage(events=found, last_id=last_id)
+
+    def stream(self, filter_exprs: Sequence[str], since: int | None) -> AsyncIterator[Event]:
+        """Every matching event after `since` (None: from now on), then live ones: in id
+        order, none twice, none missing. Raises INVALID_ARGUMENT for a bad filter at once,
+        before the stream starts."""
+        return self._follow(parse_filters(filter_exprs), since)
+
+    async def _follow(self, match: Filter, since: int | None) -> AsyncIterator[Event]:
+        # Subscribe before reading the store, so nothing committed in between is missed;
+        # ids already sent are skipped instead.
+        subscription = self._bus.subscribe()
+        try:
+            last_id = await self._store.last_id() if since is None else since
+            while True:
+                async for event in self._replay(last_id):
+                    last_id = event.id
+                    if match.matches(event_field(event)):
+                        yield event
+                while True:
+                    batch = await subscription.next_batch()
+                    if not batch:  # lagging: fall back to the store, then follow again
+                        subscription.resume()
+                        break
+                    for event in batch:
+                        if event.id <= last_id:
+                            continue
+                        last_id = event.id
+                        if match.matches(event_field(event)):
+                            yield event
+        finally:
+            self._bus.unsubscribe(subscription)
+
+    async def _replay(self, since: int) -> AsyncIterator[Event]:
+        while True:
+            batch = await self._store.after(since, self.PAGE)
+            for event in batch:
+                yield event
+            if len(batch) < self.PAGE:
+                return
+            since = batch[-1].id

@@ -1,0 +1,79 @@
+"""`create_app(settings)`: the FastAPI application, its lifespan, routers and handlers.
+
+The lifespan builds the daemon (`daemon.open_daemon`) and hands it to the routers as
+`request.state.daemon`; on shutdown it closes it. Only this module and `api/` import
+FastAPI.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from . import __version__
+from .api import containers, events, namespaces, system
+from .api.middleware import BodyLimitMiddleware, TokenAuthMiddleware
+from .api.problems import add_problem_handlers
+from .config import Settings
+from .daemon import open_daemon
+from .metrics import DaemonMetrics
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def create_app(settings: Settings) -> FastAPI:
+    registry = CollectorRegistry()
+    metrics = DaemonMetrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with open_daemon(settings, on_event=metrics.count_event) as daemon:
+            metrics.count_subscribers_with(lambda: daemon.bus.subscriber_count)
+            yield {"daemon": daemon}
+
+    app = FastAPI(
+        title="Cargohold",
+        version=__version__,
+        summary="A container daemon: containers as metadata, tasks on a real OCI runtime.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.registry = registry
+    add_problem_handlers(app)
+    for module in (containers, namespaces, events, system):
+        app.include_router(module.router)
+    Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.has_tcp_listener:
+        public = {"/healthz", "/metrics"} if settings.metrics_public else {"/healthz"}
+        app.add_middleware(TokenAuthMiddleware, token=load_token(settings), public_paths=public)
+    return app
+
+
+def load_token(settings: Settings) -> str:
+    """The bearer token for TCP listeners: --token-file, or one generated into the state dir."""
+    if settings.token_file is not None:
+        token = settings.token_file.read_text().strip()
+        if not token:
+            raise ValueError(f"token file {settings.token_file} is empty")
+        return token
+    path = settings.default_token_path
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    # O_EXCL + 0600: never readable by others, never clobbering a concurrent writer's token.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+    return token

@@ -1,0 +1,196 @@
+"""Pydantic resources and inputs: what the API reads and returns.
+
+Resources (`Container`, `Namespace`, `Event`) are what the store hands back; inputs
+(`ContainerCreate`, `NamespaceCreate`) are validated at the edge so that a bad field is
+a 422 naming it. This module holds shapes and field rules only, no I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .identifiers import IDENTIFIER_PATTERN, MAX_IDENTIFIER_LENGTH, identifier_problem, labels_problem
+
+
+def _check_identifier(value: str) -> str:
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise ValueError(f"not a valid identifier: it {problem}")
+    return value
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    problem = labels_problem(labels)
+    if problem is not None:
+        raise ValueError(problem)
+    return labels
+
+
+Identifier = Annotated[
+    str,
+    Field(max_length=MAX_IDENTIFIER_LENGTH, json_schema_extra={"pattern": IDENTIFIER_PATTERN}),
+    AfterValidator(_check_identifier),
+]
+Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+
+
+class _Input(BaseModel):
+    # Unknown fields are a mistake the caller wants to hear about, not silently drop.
+    model_config = ConfigDict(extra="forbid")
+
+
+class _OCIPart(BaseModel):
+    # The OCI spec is larger than what we check; unknown fields pass through untouched.
+    model_config = ConfigDict(extra="allow")
+
+
+# --- OCI runtime spec (config.json): the parts Cargohold checks -----------------
+
+
+class OCIUser(_OCIPart):
+    uid: int = Field(ge=0)
+    gid: int = Field(ge=0)
+    additionalGids: list[Annotated[int, Field(ge=0)]] | None = None  # noqa: N815 (OCI name)
+
+
+class OCIProcess(_OCIPart):
+    args: list[str] = Field(min_length=1)
+    env: list[str] | None = None
+    cwd: str | None = None
+    terminal: bool | None = None
+    user: OCIUser | None = None
+
+
+class OCIRoot(_OCIPart):
+    path: str = Field(min_length=1)
+    readonly: bool | None = None
+
+
+class OCIMount(_OCIPart):
+    destination: str = Field(min_length=1)
+    type: str | None = None
+    source: str | None = None
+    options: list[str] | None = None
+
+
+class OCISpec(_OCIPart):
+    """An OCI runtime spec; the fields listed are type-checked, the rest kept as given."""
+
+    ociVersion: str = Field(pattern=r"^1\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")  # noqa: N815
+    process: OCIProcess | None = None
+    root: OCIRoot
+    hostname: str | None = None
+    mounts: list[OCIMount] | None = None
+    annotations: dict[str, str] | None = None
+    linux: dict[str, Any] | None = None
+
+
+# --- Containers ------------------------------------------------------------------
+
+
+class RuntimeName(StrEnum):
+    RUNC = "runc"
+    CRUN = "crun"
+
+
+class Runtime(_Input):
+    name: RuntimeName = RuntimeName.RUNC
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ContainerFields(_Input):
+    """The mutable part of a container: what a create sets and a merge-patch may change."""
+
+    labels: Labels = Field(default_factory=dict)
+    image: str = ""
+    runtime: Runtime = Field(default_factory=Runtime)
+    spec: OCISpec
+    snapshotter: str | None = Field(default=None, description="default: the daemon's snapshotter")
+    snapshot_key: str = Field(default="", description="the root filesystem snapshot; empty: none")
+    extensions: dict[str, Any] = Field(default_factory=dict)
+
+
+class ContainerCreate(ContainerFields):
+    id: Identifier
+
+
+class Container(BaseModel):
+    id: str
+    labels: dict[str, str]
+    image: str
+    runtime: Runtime
+    spec: dict[str, Any] = Field(description="an OCI runtime spec (config.json)")
+    snapshotter: str
+    snapshot_key: str
+    extensions: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ContainerList(BaseModel):
+    containers: list[Container]
+
+
+# --- Namespaces ------------------------------------------------------------------
+
+
+class NamespaceCreate(_Input):
+    name: Identifier
+    labels: Labels = Field(default_factory=dict)
+
+
+class Namespace(BaseModel):
+    name: str
+    labels: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class NamespaceList(BaseModel):
+    namespaces: list[Namespace]
+
+
+# --- Events ------------------------------------------------------------------------
+
+
+class Event(BaseModel):
+    id: int = Field(description="strictly increasing across the daemon's life")
+    timestamp: datetime
+    namespace: str
+    topic: str
+    event: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    events: list[Event]
+    last_id: int = Field(description="pass as `since` to read the next page")
+
+
+# --- Daemon ------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class VersionInfo(BaseModel):
+    version: str
+    runtimes: dict[str, str | None] = Field(description="binary -> version, null when missing")
+    cgroup_mode: str = Field(description="legacy (v1), hybrid or unified (v2)")
+    snapshotter: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem detail, served as application/problem+json."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="for validation problems: each field at fault"
+    )

@@ -1,0 +1,1 @@
+"""The metadata store: the only code that speaks SQL (SQLite through aiosqlite)."""

@@ -1,0 +1,155 @@
+"""Container rows: pure metadata, no runtime state."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from ..errors import CargoholdError, ErrorKind, not_found
+from ..models import Container, ContainerFields, Runtime
+from ..topics import Topic
+from .db import Database, Row, Tx, dumps, utcnow
+from .namespaces import ensure_namespace, namespace_not_found
+
+_COLUMNS = (
+    "id, labels, image, runtime, spec, snapshotter, snapshot_key, extensions, created_at, updated_at"
+)
+
+
+def container_not_found(namespace: str, container_id: str) -> CargoholdError:
+    return not_found(f'container "{container_id}" not found in namespace "{namespace}"')
+
+
+def _container(row: Row) -> Container:
+    return Container(
+        id=row["id"],
+        labels=json.loads(row["labels"]),
+        image=row["image"],
+        runtime=Runtime.model_validate_json(row["runtime"]),
+        spec=json.loads(row["spec"]),
+        snapshotter=row["snapshotter"],
+        snapshot_key=row["snapshot_key"],
+        extensions=json.loads(row["extensions"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+    )
+
+
+def _columns(fields: ContainerFields, snapshotter: str) -> tuple[Any, ...]:
+    """The mutable columns, in _COLUMNS order after id."""
+    return (
+        dumps(fields.labels),
+        fields.image,
+        fields.runtime.model_dump_json(),
+        dumps(fields.spec.model_dump(mode="json", exclude_unset=True)),
+        fields.snapshotter or snapshotter,
+        fields.snapshot_key,
+        dumps(fields.extensions),
+    )
+
+
+def _event(container: Container) -> dict[str, Any]:
+    # containerd's /containers/create carries id, image and runtime; labels help filtering.
+    return {
+        "id": container.id,
+        "image": container.image,
+        "runtime": container.runtime.name.value,
+        "labels": container.labels,
+        "snapshot_key": container.snapshot_key,
+    }
+
+
+class ContainerStore:
+    def __init__(self, db: Database, default_snapshotter: str) -> None:
+        self._db = db
+        self._default_snapshotter = default_snapshotter
+
+    async def create(self, namespace: str, container_id: str, fields: ContainerFields) -> Container:
+        """Insert the row (creating the namespace on first use); appends /containers/create.
+
+        Raises ALREADY_EXISTS."""
+        async with self._db.write() as tx:
+            await ensure_namespace(tx, namespace)
+            if await tx.exists(
+                "SELECT 1 FROM containers WHERE namespace = ? AND id = ?", namespace, container_id
+            ):
+                raise CargoholdError(
+                    ErrorKind.ALREADY_EXISTS,
+                    f'container "{container_id}" already exists in namespace "{namespace}"',
+                )
+            now = utcnow().isoformat()
+            await tx.execute(
+                f"INSERT INTO containers (namespace, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                namespace, container_id, *_columns(fields, self._default_snapshotter), now, now,
+            )
+            created = await self._get_in(tx, namespace, container_id)
+            await tx.append_event(namespace, Topic.CONTAINER_CREATE, _event(created))
+            return created
+
+    async def get(self, namespace: str, container_id: str) -> Container:
+        """Raises NOT_FOUND for the container or its namespace."""
+        row = await self._db.one(
+            f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? AND id = ?",
+            namespace, container_id,
+        )
+        if row is None:
+            await self._require_namespace(namespace)
+            raise container_not_found(namespace, container_id)
+        return _container(row)
+
+    async def list(self, namespace: str) -> list[Container]:
+        """Every container of `namespace`, by id. Raises NOT_FOUND for an unknown namespace."""
+        rows = await self._db.all(
+            f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? ORDER BY id", namespace
+        )
+        if not rows:
+            await self._require_namespace(namespace)
+        return [_container(row) for row in rows]
+
+    async def update(
+        self,
+        namespace: str,
+        container_id: str,
+        apply: Callable[[Container], ContainerFields],
+    ) -> Container:
+        """Replace the mutable fields with `apply(current)`, read and written in one
+        transaction so a precondition checked by `apply` holds; appends /containers/update."""
+        async with self._db.write() as tx:
+            current = await self._get_in(tx, namespace, container_id)
+            fields = apply(current)
+            await tx.execute(
+                "UPDATE containers SET labels = ?, image = ?, runtime = ?, spec = ?, snapshotter = ?,"
+                " snapshot_key = ?, extensions = ?, updated_at = ? WHERE namespace = ? AND id = ?",
+                *_columns(fields, self._default_snapshotter), utcnow().isoformat(),
+                namespace, container_id,
+            )
+            updated = await self._get_in(tx, namespace, container_id)
+            await tx.append_event(namespace, Topic.CONTAINER_UPDATE, _event(updated))
+            return updated
+
+    async def delete(self, namespace: str, container_id: str) -> Container:
+        """Delete the row; appends /containers/delete; returns what was deleted."""
+        async with self._db.write() as tx:
+            deleted = await self._get_in(tx, namespace, container_id)
+            await tx.execute(
+                "DELETE FROM containers WHERE namespace = ? AND id = ?", namespace, container_id
+            )
+            await tx.append_event(namespace, Topic.CONTAINER_DELETE, {"id": container_id})
+            return deleted
+
+    async def _get_in(self, tx: Tx, namespace: str, container_id: str) -> Container:
+        row = await tx.one(
+            f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? AND id = ?",
+            namespace, container_id,
+        )
+        if row is None:
+            if not await tx.exists("SELECT 1 FROM namespaces WHERE name = ?", namespace):
+                raise namespace_not_found(namespace)
+            raise container_not_found(namespace, container_id)
+        return _container(row)
+
+    async def _require_namespace(self, namespace: str) -> None:
+        if await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", namespace) is None:
+            raise namespace_not_found(namespace)

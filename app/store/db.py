@@ -1,0 +1,206 @@
+"""The SQLite database: connections, schema migrations, and the one-writer transaction.
+
+Writes go through `Database.write()`: one writer at a time (an asyncio lock over a
+single connection), `BEGIN IMMEDIATE ... COMMIT`, and the events the transaction
+appended are handed to `on_commit` only after COMMIT succeeds, still under the lock, so
+subscribers see events in id order. On any error the transaction rolls back and its
+events never existed. Reads use a second connection; WAL lets them run beside a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..models import Event
+
+Row = sqlite3.Row
+Params = Sequence[Any]
+
+# Each entry upgrades the schema by one version (PRAGMA user_version). Append only.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE namespaces (
+        name        TEXT PRIMARY KEY,
+        labels      TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE TABLE containers (
+        namespace    TEXT NOT NULL REFERENCES namespaces(name) ON DELETE RESTRICT,
+        id           TEXT NOT NULL,
+        labels       TEXT NOT NULL,
+        image        TEXT NOT NULL,
+        runtime      TEXT NOT NULL,
+        spec         TEXT NOT NULL,
+        snapshotter  TEXT NOT NULL,
+        snapshot_key TEXT NOT NULL,
+        extensions   TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        PRIMARY KEY (namespace, id)
+    );
+    CREATE TABLE events (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        timestamp  TEXT NOT NULL,
+        namespace  TEXT NOT NULL,
+        topic      TEXT NOT NULL,
+        payload    TEXT NOT NULL
+    );
+    """,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class Tx:
+    """An open write transaction. Collects the events it appends for after COMMIT."""
+
+    def __init__(self, conn: aiosqlite.Connection, event_retention: int) -> None:
+        self._conn = conn
+        self._event_retention = event_retention
+        self.events: list[Event] = []
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        """Run a statement; return the number of rows it changed."""
+        cursor = await self._conn.execute(sql, params)
+        return cursor.rowcount
+
+    async def one(self, sql: str, *params: Any) -> Row | None:
+        async with self._conn.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def all(self, sql: str, *params: Any) -> list[Row]:
+        async with self._conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def exists(self, sql: str, *params: Any) -> bool:
+        return await self.one(sql, *params) is not None
+
+    async def append_event(self, namespace: str, topic: str, payload: dict[str, Any]) -> Event:
+        """Store an event in this transaction; it is published once the transaction commits."""
+        timestamp = utcnow()
+        cursor = await self._conn.execute(
+            "INSERT INTO events (timestamp, namespace, topic, payload) VALUES (?, ?, ?, ?)",
+            (timestamp.isoformat(), namespace, topic, dumps(payload)),
+        )
+        event_id = cursor.lastrowid
+        assert event_id is not None
+        # Prune in steps rather than on every insert; the bound is approximate by design.
+        if event_id % 1000 == 0:
+            await self._conn.execute(
+                "DELETE FROM events WHERE id <= ?", (event_id - self._event_retention,)
+            )
+        event = Event(
+            id=event_id, timestamp=timestamp, namespace=namespace, topic=topic, event=payload
+        )
+        self.events.append(event)
+        return event
+
+
+class Database:
+    """One writer connection behind a lock, one reader connection, both in WAL mode."""
+
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        event_retention: int,
+    ) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+        self._event_retention = event_retention
+        self.on_commit: Callable[[list[Event]], None] | None = None
+
+    @classmethod
+    async def open(cls, path: Path, event_retention: int = 100_000) -> Database:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await _migrate(writer)
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader, event_retention)
+
+    async def close(self) -> None:
+        async with self._write_lock:
+            await self._reader.close()
+            await self._writer.close()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        """A write transaction; commits on normal exit, rolls back on any exception."""
+        async with self._write_lock:
+            tx = Tx(self._writer, self._event_retention)
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield tx
+            except BaseException:
+                await asyncio.shield(self._writer.rollback())
+                raise
+            # Shielded: once COMMIT is sent, its events must reach the bus even if the
+            # request that wrote them is cancelled meanwhile.
+            await asyncio.shield(self._commit(tx))
+
+    async def _commit(self, tx: Tx) -> None:
+        await self._writer.commit()
+        if tx.events and self.on_commit is not None:
+            self.on_commit(tx.events)
+
+    async def one(self, sql: str, *params: Any) -> Row | None:
+        async with self._reader.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def all(self, sql: str, *params: Any) -> list[Row]:
+        async with self._reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, sqlite3 must not.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    await conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: an acknowledged write survives a power cut, not only a daemon crash.
+    await conn.execute("PRAGMA synchronous = FULL")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    await conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this daemon knows "
+            f"({len(MIGRATIONS)}); upgrade cargohold"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, script.split(";")):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            await conn.rollback()
+            raise
+        await conn.commit()

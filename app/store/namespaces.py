@@ -1,0 +1,100 @@
+"""Namespace rows. A namespace is created on first use by any write inside it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+
+from ..errors import CargoholdError, ErrorKind, not_found
+from ..models import Namespace
+from ..topics import Topic
+from .db import Database, Row, Tx, dumps, utcnow
+
+
+def namespace_not_found(name: str) -> CargoholdError:
+    return not_found(f'namespace "{name}" not found')
+
+
+def _namespace(row: Row) -> Namespace:
+    return Namespace(
+        name=row["name"],
+        labels=json.loads(row["labels"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+    )
+
+
+async def ensure_namespace(tx: Tx, name: str) -> None:
+    """Create `name` inside `tx` if it does not exist yet (appends /namespaces/create)."""
+    if not await tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
+        await _insert(tx, name, {})
+
+
+async def _insert(tx: Tx, name: str, labels: dict[str, str]) -> Namespace:
+    now = utcnow().isoformat()
+    await tx.execute(
+        "INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)",
+        name, dumps(labels), now, now,
+    )
+    await tx.append_event(name, Topic.NAMESPACE_CREATE, {"name": name, "labels": labels})
+    row = await tx.one("SELECT * FROM namespaces WHERE name = ?", name)
+    assert row is not None
+    return _namespace(row)
+
+
+class NamespaceStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, name: str, labels: dict[str, str]) -> Namespace:
+        """Raises ALREADY_EXISTS."""
+        async with self._db.write() as tx:
+            if await tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
+                raise CargoholdError(ErrorKind.ALREADY_EXISTS, f'namespace "{name}" already exists')
+            return await _insert(tx, name, labels)
+
+    async def get(self, name: str) -> Namespace:
+        row = await self._db.one("SELECT * FROM namespaces WHERE name = ?", name)
+        if row is None:
+            raise namespace_not_found(name)
+        return _namespace(row)
+
+    async def exists(self, name: str) -> bool:
+        return await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", name) is not None
+
+    async def list(self) -> list[Namespace]:
+        return [_namespace(row) for row in await self._db.all("SELECT * FROM namespaces ORDER BY name")]
+
+    async def update(
+        self, name: str, new_labels: Callable[[Namespace], dict[str, str]]
+    ) -> Namespace:
+        """Replace the labels with `new_labels(current)` (which may raise); appends /namespaces/update."""
+        async with self._db.write() as tx:
+            row = await tx.one("SELECT * FROM namespaces WHERE name = ?", name)
+            if row is None:
+                raise namespace_not_found(name)
+            labels = new_labels(_namespace(row))
+            await tx.execute(
+                "UPDATE namespaces SET labels = ?, updated_at = ? WHERE name = ?",
+                dumps(labels), utcnow().isoformat(), name,
+            )
+            await tx.append_event(name, Topic.NAMESPACE_UPDATE, {"name": name, "labels": labels})
+            updated = await tx.one("SELECT * FROM namespaces WHERE name = ?", name)
+            assert updated is not None
+            return _namespace(updated)
+
+    async def delete(self, name: str) -> None:
+        """Raises NOT_FOUND, or CONFLICT while the namespace holds any object."""
+        async with self._db.write() as tx:
+            if not await tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
+                raise namespace_not_found(name)
+            row = await tx.one("SELECT count(*) AS n FROM containers WHERE namespace = ?", name)
+            if row is not None and row["n"]:
+                raise CargoholdError(
+                    ErrorKind.CONFLICT,
+                    f'namespace "{name}" is not empty: it holds {row["n"]} container(s); '
+                    "delete them first",
+                )
+            await tx.execute("DELETE FROM namespaces WHERE name = ?", name)
+            await tx.append_event(name, Topic.NAMESPACE_DELETE, {"name": name})
