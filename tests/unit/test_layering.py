@@ -1,0 +1,68 @@
+"""Dependencies point one way: api -> services -> store/runtime. Checked by reading imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+APP = Path(__file__).resolve().parents[2] / "app"
+SERVICES = {"containers", "namespaces", "events", "daemon", "snapshots", "runtime", "monitor"}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names of every module `path` imports (relative imports resolved)."""
+    package = ["app", *path.relative_to(APP).parent.parts]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def modules() -> dict[str, set[str]]:
+    return {str(p.relative_to(APP)): imports_of(p) for p in APP.rglob("*.py")}
+
+
+def offenders(allowed: set[str], prefix: str) -> list[str]:
+    return [
+        module for module, names in modules().items()
+        if module not in allowed and not module.startswith(tuple(a for a in allowed if a.endswith("/")))
+        and any(n == prefix or n.startswith(prefix + ".") for n in names)
+    ]
+
+
+def test_only_api_and_main_import_fastapi() -> None:
+    assert offenders({"api/", "main.py"}, "fastapi") == []
+    assert offenders({"api/", "main.py", "cli.py"}, "starlette") == []
+
+
+def test_only_the_store_speaks_sql() -> None:
+    assert offenders({"store/"}, "aiosqlite") == []
+    assert offenders({"store/"}, "sqlite3") == []
+
+
+def top_level(name: str) -> str | None:
+    """`app.containers.x` -> `containers`; None for anything outside the package."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "app" and len(parts) > 1 else None
+
+
+def test_store_never_imports_services_or_api() -> None:
+    for module, names in modules().items():
+        if module.startswith("store/"):
+            upward = {n for n in names if top_level(n) in SERVICES | {"api"}}
+            assert upward == set(), f"{module} imports {upward}"
+
+
+def test_services_never_import_api() -> None:
+    for module, names in modules().items():
+        if not module.startswith("api/") and module not in {"main.py", "cli.py"}:
+            assert not any(n.startswith("app.api") for n in names), f"{module} imports app.api"
