@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         help=f"unix:///path.sock or tcp://host:port; repeatable (default {DEFAULT_LISTEN})",
     )
     serve.add_argument("--token-file", type=Path, help="bearer token for TCP (default: generated <state>/token)")
+    serve.add_argument("--snapshotter", choices=["overlayfs", "native"], help="default: overlayfs where supported")
+    serve.add_argument("--import-max-size", type=int, default=8 * 1024**3, metavar="BYTES", help="largest tar import")
     serve.add_argument("--metrics-public", action="store_true", help="serve /metrics over TCP without a token")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -60,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         listeners=listeners,
         token_file=args.token_file,
         metrics_public=args.metrics_public,
+        snapshotter=args.snapshotter,
+        import_max_bytes=args.import_max_size,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(serve(settings, args.log_level))

@@ -55,9 +55,12 @@ class Settings:
     )
     token_file: Path | None = None
     metrics_public: bool = False
-    snapshotter: str = "overlayfs"
+    # None: overlayfs where the kernel has it, else native.
+    snapshotter: str | None = None
     # Request bodies above this are refused with 413 (DESIGN: 1 MiB).
     max_body_bytes: int = 1024 * 1024
+    # A tar streamed to /snapshots/import may be this large.
+    import_max_bytes: int = 8 * 1024**3
     # Events kept in the store; older ones are pruned as new ones arrive.
     event_retention: int = 100_000
     # Events buffered per SSE subscriber before it falls back to reading the store.

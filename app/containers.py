@@ -15,6 +15,7 @@ from . import filters
 from .errors import CargoholdError, ErrorKind, invalid
 from .mergepatch import apply_merge_patch
 from .models import Container, ContainerCreate, ContainerFields
+from .snapshots.service import SnapshotService
 from .store.containers import ContainerStore
 
 # Members a merge-patch may name but never change.
@@ -60,22 +61,25 @@ def container_field(container: Container) -> filters.FieldGetter:
 
 
 class ContainerService:
-    def __init__(self, store: ContainerStore) -> None:
+    def __init__(self, store: ContainerStore, snapshots: SnapshotService) -> None:
         self._store = store
+        self._snapshots = snapshots
 
     async def create(self, namespace: str, body: ContainerCreate) -> Container:
-        """Raises ALREADY_EXISTS; appends /containers/create (and /namespaces/create on first use)."""
+        """Raises ALREADY_EXISTS, VALIDATION (no such snapshot); appends /containers/create
+        (and /namespaces/create on first use). The snapshot named by `snapshot_key` is pinned."""
+        self._snapshots.snapshotter(body.snapshotter)  # an unknown snapshotter is bad input
         fields = ContainerFields.model_validate(body.model_dump(exclude={"id"}, exclude_unset=True))
         return await self._store.create(namespace, body.id, fields)
 
     async def get(self, namespace: str, container_id: str) -> Container:
         return await self._store.get(namespace, container_id)
 
-    async def list(self, namespace: str, filter_exprs: Sequence[str] = ()) -> list[Container]:
+    async def find(self, namespace: str, filter_exprs: Sequence[str] = ()) -> list[Container]:
         """Containers matching any of `filter_exprs`. Raises INVALID_ARGUMENT for a bad filter
         (before touching the store) and NOT_FOUND for an unknown namespace."""
         match = filters.parse(filter_exprs)
-        return [c for c in await self._store.list(namespace) if match.matches(container_field(c))]
+        return [c for c in await self._store.list_in(namespace) if match.matches(container_field(c))]
 
     async def update(
         self,
@@ -103,10 +107,16 @@ class ContainerService:
             result = apply_merge_patch(document, patch)
             for member in _IMMUTABLE:
                 result.pop(member, None)
-            return ContainerFields.model_validate(result)
+            fields = ContainerFields.model_validate(result)
+            self._snapshots.snapshotter(fields.snapshotter)
+            return fields
 
-        return await self._store.update(namespace, container_id, patched)
+        updated, released = await self._store.update(namespace, container_id, patched)
+        await self._snapshots.remove_data(released)
+        return updated
 
     async def delete(self, namespace: str, container_id: str) -> None:
-        """Raises NOT_FOUND; appends /containers/delete."""
-        await self._store.delete(namespace, container_id)
+        """Raises NOT_FOUND; appends /containers/delete, then /snapshot/remove when its
+        active snapshot is used by nothing else (committed images are kept)."""
+        released = await self._store.delete(namespace, container_id)
+        await self._snapshots.remove_data(released)

@@ -20,10 +20,14 @@ from .containers import ContainerService
 from .events import EventBus, EventService
 from .models import Event, VersionInfo
 from .namespaces import NamespaceService
+from .snapshots.native import NativeSnapshotter
+from .snapshots.overlay import OverlaySnapshotter, overlay_supported
+from .snapshots.service import SnapshotService, Snapshotter
 from .store.containers import ContainerStore
 from .store.db import Database
 from .store.events import EventStore
 from .store.namespaces import NamespaceStore
+from .store.snapshots import SnapshotStore
 
 RUNTIME_BINARIES = ("runc", "crun", "conmon")
 
@@ -34,6 +38,7 @@ class Daemon:
     bus: EventBus
     namespaces: NamespaceService
     containers: ContainerService
+    snapshots: SnapshotService
     events: EventService
     version: VersionInfo
 
@@ -50,19 +55,34 @@ async def open_daemon(
         stack.push_async_callback(db.close)
         bus = EventBus(settings.subscriber_queue_size, on_publish=on_event)
         db.on_commit = bus.publish
+        snapshotters = available_snapshotters()
+        default_snapshotter = settings.snapshotter or ("overlayfs" if "overlayfs" in snapshotters else "native")
+        snapshots = SnapshotService(
+            SnapshotStore(db), settings.root, snapshotters, default_snapshotter, settings.import_max_bytes
+        )
+        snapshots.snapshotter(default_snapshotter)  # refuse an unknown --snapshotter at start
+        await snapshots.remove_orphans()
         yield Daemon(
             settings=settings,
             bus=bus,
             namespaces=NamespaceService(NamespaceStore(db)),
-            containers=ContainerService(ContainerStore(db, settings.snapshotter)),
+            containers=ContainerService(ContainerStore(db, default_snapshotter), snapshots),
+            snapshots=snapshots,
             events=EventService(EventStore(db), bus),
             version=VersionInfo(
                 version=__version__,
                 runtimes=await probe_runtimes(),
                 cgroup_mode=cgroup_mode(),
-                snapshotter=settings.snapshotter,
+                snapshotter=default_snapshotter,
             ),
         )
+
+
+def available_snapshotters() -> dict[str, Snapshotter]:
+    found: dict[str, Snapshotter] = {"native": NativeSnapshotter()}
+    if overlay_supported():
+        found["overlayfs"] = OverlaySnapshotter()
+    return found
 
 
 async def probe_runtimes() -> dict[str, str | None]:

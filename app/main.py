@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from . import __version__
-from .api import containers, events, namespaces, system
+from .api import containers, events, namespaces, snapshots, system
 from .api.middleware import BodyLimitMiddleware, TokenAuthMiddleware
 from .api.problems import add_problem_handlers
 from .config import Settings
@@ -50,10 +50,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.registry = registry
     add_problem_handlers(app)
-    for module in (containers, namespaces, events, system):
+    for module in (containers, namespaces, snapshots, events, system):
         app.include_router(module.router)
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # The import streams its tar and counts it against its own, larger limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, unlimited={"/snapshots/import"})
     if settings.has_tcp_listener:
         public = {"/healthz", "/metrics"} if settings.metrics_public else {"/healthz"}
         app.add_middleware(TokenAuthMiddleware, token=load_token(settings), public_paths=public)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -152,6 +152,56 @@ class Namespace(BaseModel):
 
 class NamespaceList(BaseModel):
     namespaces: list[Namespace]
+
+
+# --- Snapshots -------------------------------------------------------------------
+
+
+class SnapshotKind(StrEnum):
+    ACTIVE = "active"
+    VIEW = "view"
+    COMMITTED = "committed"
+
+
+class SnapshotCreate(_Input):
+    """Prepare (`active`, writable) or view (`view`, read-only) a snapshot on `parent`."""
+
+    key: Identifier
+    parent: str | None = Field(default=None, description="a committed snapshot; none: empty")
+    kind: Literal[SnapshotKind.ACTIVE, SnapshotKind.VIEW] = SnapshotKind.ACTIVE
+    labels: Labels = Field(default_factory=dict)
+
+
+class SnapshotCommit(_Input):
+    name: Identifier
+    labels: Labels = Field(default_factory=dict)
+
+
+class Snapshot(BaseModel):
+    key: str
+    kind: SnapshotKind
+    parent: str | None
+    labels: dict[str, str]
+    snapshotter: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class SnapshotList(BaseModel):
+    snapshots: list[Snapshot]
+
+
+class Mount(BaseModel):
+    """What a runtime mounts to assemble the snapshot (as containerd's mount.Mount)."""
+
+    type: str
+    source: str
+    options: list[str]
+
+
+class Usage(BaseModel):
+    size: int = Field(description="bytes on disk used by this snapshot's own layer")
+    inodes: int
 
 
 # --- Events ------------------------------------------------------------------------

@@ -29,8 +29,8 @@ class NamespaceService:
     async def get(self, name: str) -> Namespace:
         return await self._store.get(name)
 
-    async def list(self) -> list[Namespace]:
-        return await self._store.list()
+    async def find(self) -> list[Namespace]:
+        return await self._store.list_all()
 
     async def update(self, name: str, patch: dict[str, Any]) -> Namespace:
         """Merge-patch the labels (`{"labels": {"k": null}}` deletes k). Only labels change."""

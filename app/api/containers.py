@@ -43,7 +43,7 @@ async def list_containers(
     containers: Containers,
     filters: Annotated[list[str], Query(alias="filter", description=FILTER_DOC)] = [],  # noqa: B006
 ) -> ContainerList:
-    return ContainerList(containers=await containers.list(namespace, filters))
+    return ContainerList(containers=await containers.find(namespace, filters))
 
 
 @router.get("/{container_id}", summary="Get a container", responses=problems(400, 404))

@@ -11,6 +11,7 @@ from ..daemon import Daemon
 from ..events import EventService
 from ..identifiers import IDENTIFIER_PATTERN, validate_identifier
 from ..namespaces import NamespaceService
+from ..snapshots.service import SnapshotService
 
 
 def get_daemon(request: Request) -> Daemon:
@@ -33,9 +34,14 @@ def get_events(daemon: DaemonDep) -> EventService:
     return daemon.events
 
 
+def get_snapshots(daemon: DaemonDep) -> SnapshotService:
+    return daemon.snapshots
+
+
 Containers = Annotated[ContainerService, Depends(get_containers)]
 Namespaces = Annotated[NamespaceService, Depends(get_namespaces)]
 Events = Annotated[EventService, Depends(get_events)]
+Snapshots = Annotated[SnapshotService, Depends(get_snapshots)]
 
 
 def namespace_header(
@@ -64,6 +70,11 @@ def namespace_name_path(
     return validate_identifier("namespace", name)
 
 
+def snapshot_key_path(key: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})]) -> str:
+    return validate_identifier("snapshot key", key)
+
+
 NamespaceHeader = Annotated[str, Depends(namespace_header)]
+SnapshotKey = Annotated[str, Depends(snapshot_key_path)]
 ContainerId = Annotated[str, Depends(container_id_path)]
 NamespaceName = Annotated[str, Depends(namespace_name_path)]

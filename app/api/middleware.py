@@ -48,14 +48,16 @@ class TokenAuthMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies larger than `max_bytes` with 413, by header or as they stream."""
+    """Refuse request bodies larger than `max_bytes` with 413, by header or as they stream.
+    Paths in `unlimited` stream their bodies and enforce their own limits."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, unlimited: Collection[str] = ()) -> None:
         self.app = app
         self._max_bytes = max_bytes
+        self._unlimited = frozenset(unlimited)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self._unlimited:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

@@ -24,7 +24,7 @@ async def create_namespace(
 
 @router.get("", summary="List namespaces")
 async def list_namespaces(namespaces: Namespaces) -> NamespaceList:
-    return NamespaceList(namespaces=await namespaces.list())
+    return NamespaceList(namespaces=await namespaces.find())
 
 
 @router.get("/{name}", summary="Get a namespace", responses=problems(400, 404))

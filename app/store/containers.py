@@ -12,6 +12,7 @@ from ..models import Container, ContainerFields, Runtime
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
 from .namespaces import ensure_namespace, namespace_not_found
+from .snapshots import DataDir, release_unreferenced, require_snapshot
 
 _COLUMNS = (
     "id, labels, image, runtime, spec, snapshotter, snapshot_key, extensions, created_at, updated_at"
@@ -69,9 +70,12 @@ class ContainerStore:
     async def create(self, namespace: str, container_id: str, fields: ContainerFields) -> Container:
         """Insert the row (creating the namespace on first use); appends /containers/create.
 
-        Raises ALREADY_EXISTS."""
+        Raises ALREADY_EXISTS, or VALIDATION when `snapshot_key` names no snapshot."""
         async with self._db.write() as tx:
             await ensure_namespace(tx, namespace)
+            if fields.snapshot_key:
+                snapshotter = fields.snapshotter or self._default_snapshotter
+                await require_snapshot(tx, namespace, snapshotter, fields.snapshot_key)
             if await tx.exists(
                 "SELECT 1 FROM containers WHERE namespace = ? AND id = ?", namespace, container_id
             ):
@@ -99,7 +103,7 @@ class ContainerStore:
             raise container_not_found(namespace, container_id)
         return _container(row)
 
-    async def list(self, namespace: str) -> list[Container]:
+    async def list_in(self, namespace: str) -> list[Container]:
         """Every container of `namespace`, by id. Raises NOT_FOUND for an unknown namespace."""
         rows = await self._db.all(
             f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? ORDER BY id", namespace
@@ -113,12 +117,18 @@ class ContainerStore:
         namespace: str,
         container_id: str,
         apply: Callable[[Container], ContainerFields],
-    ) -> Container:
+    ) -> tuple[Container, list[DataDir]]:
         """Replace the mutable fields with `apply(current)`, read and written in one
-        transaction so a precondition checked by `apply` holds; appends /containers/update."""
+        transaction so a precondition checked by `apply` holds; appends /containers/update.
+        A snapshot the container no longer pins is released as on delete: its data dirs
+        are returned for the caller to remove."""
         async with self._db.write() as tx:
             current = await self._get_in(tx, namespace, container_id)
             fields = apply(current)
+            snapshotter = fields.snapshotter or self._default_snapshotter
+            pinned = (snapshotter, fields.snapshot_key)
+            if fields.snapshot_key and pinned != (current.snapshotter, current.snapshot_key):
+                await require_snapshot(tx, namespace, snapshotter, fields.snapshot_key)
             await tx.execute(
                 "UPDATE containers SET labels = ?, image = ?, runtime = ?, spec = ?, snapshotter = ?,"
                 " snapshot_key = ?, extensions = ?, updated_at = ? WHERE namespace = ? AND id = ?",
@@ -127,17 +137,27 @@ class ContainerStore:
             )
             updated = await self._get_in(tx, namespace, container_id)
             await tx.append_event(namespace, Topic.CONTAINER_UPDATE, _event(updated))
-            return updated
+            if pinned == (current.snapshotter, current.snapshot_key):
+                return updated, []
+            return updated, await self._release(tx, namespace, current)
 
-    async def delete(self, namespace: str, container_id: str) -> Container:
-        """Delete the row; appends /containers/delete; returns what was deleted."""
+    async def delete(self, namespace: str, container_id: str) -> list[DataDir]:
+        """Delete the row (appends /containers/delete), then release its active snapshot
+        if nothing else uses it (appends /snapshot/remove). Returns the released
+        snapshots' data dirs for the caller to remove once committed."""
         async with self._db.write() as tx:
             deleted = await self._get_in(tx, namespace, container_id)
             await tx.execute(
                 "DELETE FROM containers WHERE namespace = ? AND id = ?", namespace, container_id
             )
             await tx.append_event(namespace, Topic.CONTAINER_DELETE, {"id": container_id})
-            return deleted
+            return await self._release(tx, namespace, deleted)
+
+    async def _release(self, tx: Tx, namespace: str, container: Container) -> list[DataDir]:
+        if not container.snapshot_key:
+            return []
+        released = await release_unreferenced(tx, namespace, container.snapshotter, container.snapshot_key)
+        return [released] if released else []
 
     async def _get_in(self, tx: Tx, namespace: str, container_id: str) -> Container:
         row = await tx.one(

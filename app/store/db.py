@@ -56,6 +56,24 @@ MIGRATIONS: tuple[str, ...] = (
         payload    TEXT NOT NULL
     );
     """,
+    """
+    CREATE TABLE snapshots (
+        namespace    TEXT NOT NULL REFERENCES namespaces(name) ON DELETE RESTRICT,
+        snapshotter  TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        kind         TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')),
+        parent       TEXT,
+        labels       TEXT NOT NULL,
+        dir          TEXT NOT NULL UNIQUE,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        PRIMARY KEY (namespace, snapshotter, key),
+        FOREIGN KEY (namespace, snapshotter, parent)
+            REFERENCES snapshots(namespace, snapshotter, key) ON DELETE RESTRICT
+    );
+    CREATE INDEX snapshots_by_parent ON snapshots(namespace, snapshotter, parent);
+    CREATE INDEX containers_by_snapshot ON containers(namespace, snapshotter, snapshot_key);
+    """,
 )
 
 

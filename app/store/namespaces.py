@@ -63,7 +63,7 @@ class NamespaceStore:
     async def exists(self, name: str) -> bool:
         return await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", name) is not None
 
-    async def list(self) -> list[Namespace]:
+    async def list_all(self) -> list[Namespace]:
         return [_namespace(row) for row in await self._db.all("SELECT * FROM namespaces ORDER BY name")]
 
     async def update(
@@ -89,12 +89,15 @@ class NamespaceStore:
         async with self._db.write() as tx:
             if not await tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
                 raise namespace_not_found(name)
-            row = await tx.one("SELECT count(*) AS n FROM containers WHERE namespace = ?", name)
-            if row is not None and row["n"]:
+            held = []
+            for table, noun in (("containers", "container"), ("snapshots", "snapshot")):
+                row = await tx.one(f"SELECT count(*) AS n FROM {table} WHERE namespace = ?", name)
+                if row is not None and row["n"]:
+                    held.append(f"{row['n']} {noun}(s)")
+            if held:
                 raise CargoholdError(
                     ErrorKind.CONFLICT,
-                    f'namespace "{name}" is not empty: it holds {row["n"]} container(s); '
-                    "delete them first",
+                    f'namespace "{name}" is not empty: it holds {" and ".join(held)}; delete them first',
                 )
             await tx.execute("DELETE FROM namespaces WHERE name = ?", name)
             await tx.append_event(name, Topic.NAMESPACE_DELETE, {"name": name})

@@ -1,0 +1,120 @@
+"""Routes for /snapshots: HTTP shape only; the rules are in SnapshotService."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from ..models import Mount, Snapshot, SnapshotCommit, SnapshotCreate, SnapshotList, Usage
+from .deps import NamespaceHeader, SnapshotKey, Snapshots
+from .problems import problems
+
+router = APIRouter(prefix="/snapshots", tags=["snapshots"])
+
+SnapshotterQuery = Annotated[
+    str | None, Query(description="overlayfs or native; default: the daemon's snapshotter")
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Prepare (active) or view a snapshot",
+    responses=problems(400, 409, 413, 422),
+)
+async def prepare_snapshot(
+    body: SnapshotCreate,
+    namespace: NamespaceHeader,
+    snapshots: Snapshots,
+    response: Response,
+    snapshotter: SnapshotterQuery = None,
+) -> Snapshot:
+    created = await snapshots.prepare(namespace, snapshotter, body)
+    response.headers["Location"] = f"/snapshots/{created.key}"
+    return created
+
+
+@router.post(
+    "/import",
+    status_code=201,
+    summary="Import a tar stream as a committed snapshot",
+    description="The body is a tar (plain, gzip, bzip2 or xz), streamed. With `parent`, it is a "
+    "layer applied on that committed snapshot: `.wh.` whiteouts delete what the parent holds.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+    responses=problems(400, 409, 413, 422),
+)
+async def import_snapshot(
+    request: Request,
+    namespace: NamespaceHeader,
+    snapshots: Snapshots,
+    response: Response,
+    name: Annotated[str, Query(description="the committed snapshot to create")],
+    parent: Annotated[str | None, Query(description="a committed snapshot to apply the layer on")] = None,
+    snapshotter: SnapshotterQuery = None,
+) -> Snapshot:
+    created = await snapshots.import_tar(namespace, snapshotter, name, parent, request.stream())
+    response.headers["Location"] = f"/snapshots/{created.key}"
+    return created
+
+
+@router.get("", summary="List snapshots", responses=problems(400, 404))
+async def list_snapshots(
+    namespace: NamespaceHeader, snapshots: Snapshots, snapshotter: SnapshotterQuery = None
+) -> SnapshotList:
+    return SnapshotList(snapshots=await snapshots.find(namespace, snapshotter))
+
+
+@router.get("/{key}", summary="Get a snapshot", responses=problems(400, 404))
+async def get_snapshot(
+    key: SnapshotKey, namespace: NamespaceHeader, snapshots: Snapshots, snapshotter: SnapshotterQuery = None
+) -> Snapshot:
+    return await snapshots.get(namespace, snapshotter, key)
+
+
+@router.post(
+    "/{key}/commit",
+    status_code=201,
+    summary="Commit an active snapshot under a name",
+    responses=problems(400, 404, 409, 413, 422),
+)
+async def commit_snapshot(
+    key: SnapshotKey,
+    body: SnapshotCommit,
+    namespace: NamespaceHeader,
+    snapshots: Snapshots,
+    response: Response,
+    snapshotter: SnapshotterQuery = None,
+) -> Snapshot:
+    committed = await snapshots.commit(namespace, snapshotter, key, body)
+    response.headers["Location"] = f"/snapshots/{committed.key}"
+    return committed
+
+
+@router.get("/{key}/mounts", summary="What to mount to use a snapshot", responses=problems(400, 404, 409))
+async def get_snapshot_mounts(
+    key: SnapshotKey, namespace: NamespaceHeader, snapshots: Snapshots, snapshotter: SnapshotterQuery = None
+) -> list[Mount]:
+    return await snapshots.mounts(namespace, snapshotter, key)
+
+
+@router.get("/{key}/usage", summary="Disk usage of a snapshot's own layer", responses=problems(400, 404))
+async def get_snapshot_usage(
+    key: SnapshotKey, namespace: NamespaceHeader, snapshots: Snapshots, snapshotter: SnapshotterQuery = None
+) -> Usage:
+    return await snapshots.usage(namespace, snapshotter, key)
+
+
+@router.delete(
+    "/{key}", status_code=204, summary="Remove a snapshot that nothing uses", responses=problems(400, 404, 409)
+)
+async def remove_snapshot(
+    key: SnapshotKey, namespace: NamespaceHeader, snapshots: Snapshots, snapshotter: SnapshotterQuery = None
+) -> Response:
+    await snapshots.remove(namespace, snapshotter, key)
+    return Response(status_code=204)

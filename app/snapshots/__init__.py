@@ -1,0 +1,1 @@
+"""Snapshots: root filesystems as layered directories (overlayfs) or full copies (native)."""
