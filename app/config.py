@@ -61,6 +61,13 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     # A tar streamed to /snapshots/import may be this large.
     import_max_bytes: int = 8 * 1024**3
+    # conmon truncates a task's log when it reaches this size.
+    log_max_bytes: int = 16 * 1024 * 1024
+    # Exits kept per namespace for `wait` after the fact: the newest N, none older than the age.
+    exit_retention: int = 10_000
+    exit_max_age_seconds: float = 24 * 3600
+    # Host directories a container spec may bind-mount from.
+    allowed_bind_roots: tuple[Path, ...] = ()
     # Events kept in the store; older ones are pruned as new ones arrive.
     event_retention: int = 100_000
     # Events buffered per SSE subscriber before it falls back to reading the store.

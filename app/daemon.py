@@ -12,6 +12,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from . import __version__
@@ -20,6 +21,9 @@ from .containers import ContainerService
 from .events import EventBus, EventService
 from .models import Event, VersionInfo
 from .namespaces import NamespaceService
+from .runtime.conmon import Conmon
+from .runtime.oci import OCIRuntime
+from .runtime.tasks import TaskService
 from .snapshots.native import NativeSnapshotter
 from .snapshots.overlay import OverlaySnapshotter, overlay_supported
 from .snapshots.service import SnapshotService, Snapshotter
@@ -28,6 +32,7 @@ from .store.db import Database
 from .store.events import EventStore
 from .store.namespaces import NamespaceStore
 from .store.snapshots import SnapshotStore
+from .store.tasks import TaskStore
 
 RUNTIME_BINARIES = ("runc", "crun", "conmon")
 
@@ -39,6 +44,7 @@ class Daemon:
     namespaces: NamespaceService
     containers: ContainerService
     snapshots: SnapshotService
+    tasks: TaskService
     events: EventService
     version: VersionInfo
 
@@ -61,13 +67,30 @@ async def open_daemon(
             SnapshotStore(db), settings.root, snapshotters, default_snapshotter, settings.import_max_bytes
         )
         snapshots.snapshotter(default_snapshotter)  # refuse an unknown --snapshotter at start
+        container_store = ContainerStore(db, default_snapshotter)
+        runtimes, conmon, missing = find_runtimes(settings)
+        tasks = TaskService(
+            TaskStore(db, settings.exit_retention, timedelta(seconds=settings.exit_max_age_seconds)),
+            container_store,
+            snapshots,
+            state=settings.state,
+            logs=settings.root / "logs",
+            runtimes=runtimes,
+            conmon=conmon,
+            missing=missing,
+            allowed_bind_roots=list(settings.allowed_bind_roots),
+        )
+        # Tasks first: their rootfs mounts live under the snapshots' data dirs.
+        await tasks.recover()
+        stack.push_async_callback(tasks.close)
         await snapshots.remove_orphans()
         yield Daemon(
             settings=settings,
             bus=bus,
             namespaces=NamespaceService(NamespaceStore(db)),
-            containers=ContainerService(ContainerStore(db, default_snapshotter), snapshots),
+            containers=ContainerService(container_store, snapshots),
             snapshots=snapshots,
+            tasks=tasks,
             events=EventService(EventStore(db), bus),
             version=VersionInfo(
                 version=__version__,
@@ -76,6 +99,23 @@ async def open_daemon(
                 snapshotter=default_snapshotter,
             ),
         )
+
+
+def find_runtimes(settings: Settings) -> tuple[dict[str, OCIRuntime], Conmon | None, dict[str, str]]:
+    """The OCI runtimes and conmon installed here; for each missing one, what to say."""
+    runtimes: dict[str, OCIRuntime] = {}
+    missing: dict[str, str] = {}
+    for name in ("runc", "crun"):
+        binary = shutil.which(name)
+        if binary is None:
+            missing[name] = f"{name} is not installed on this host (apt-get install {name}); task endpoints need it"
+        else:
+            runtimes[name] = OCIRuntime(name, binary, settings.state / "runtimes" / name)
+    conmon_binary = shutil.which("conmon")
+    if conmon_binary is None:
+        missing["conmon"] = "conmon is not installed on this host (apt-get install conmon); task endpoints need it"
+    conmon = Conmon(conmon_binary, settings.log_max_bytes) if conmon_binary else None
+    return runtimes, conmon, missing
 
 
 def available_snapshotters() -> dict[str, Snapshotter]:

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from . import __version__
-from .api import containers, events, namespaces, snapshots, system
+from .api import containers, events, namespaces, snapshots, system, tasks
 from .api.middleware import BodyLimitMiddleware, TokenAuthMiddleware
 from .api.problems import add_problem_handlers
 from .config import Settings
@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.registry = registry
     add_problem_handlers(app)
-    for module in (containers, namespaces, snapshots, events, system):
+    for module in (containers, namespaces, snapshots, tasks, events, system):
         app.include_router(module.router)
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app)
     # The import streams its tar and counts it against its own, larger limit.

@@ -204,6 +204,105 @@ class Usage(BaseModel):
     inodes: int
 
 
+# --- Tasks -------------------------------------------------------------------------
+
+
+class TaskStatus(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+
+
+class TaskCreate(_Input):
+    container_id: Identifier
+    stdin: bool = Field(default=False, description="not supported yet: must be false")
+    terminal: bool = Field(default=False, description="not supported yet: must be false")
+
+
+class Process(BaseModel):
+    exec_id: str
+    pid: int | None = Field(description="null until the exec process is started")
+    status: str = Field(description="created or running")
+    created_at: datetime
+
+
+class Task(BaseModel):
+    id: str = Field(description="the container's id")
+    namespace: str
+    pid: int
+    status: TaskStatus
+    runtime: str
+    created_at: datetime
+    started_at: datetime | None
+    processes: list[Process]
+
+
+class TaskList(BaseModel):
+    tasks: list[Task]
+
+
+class Exit(BaseModel):
+    id: str = Field(description="the container's id")
+    exec_id: str | None = Field(default=None, description="set for an exec process")
+    pid: int
+    exit_status: int = Field(description="the exit code, or 128 + the signal that killed it")
+    exited_at: datetime
+    oom_killed: bool = False
+
+
+Signal = Annotated[
+    int | str, Field(description='a name ("SIGTERM", "TERM") or a number (15)', examples=["SIGTERM", 9])
+]
+
+
+class KillRequest(_Input):
+    signal: Signal = "SIGTERM"
+    all: bool = Field(default=False, description="signal every process of the task, not only init")
+
+
+class ExecCreate(_Input):
+    exec_id: Identifier
+    process: OCIProcess
+
+
+class LinuxMemory(_OCIPart):
+    limit: int | None = Field(default=None, ge=4 * 1024 * 1024, description="bytes; at least 4 MiB")
+    reservation: int | None = Field(default=None, ge=0)
+    swap: int | None = Field(default=None, ge=-1)
+
+
+class LinuxCPU(_OCIPart):
+    shares: int | None = Field(default=None, ge=2, le=262144)
+    quota: int | None = Field(default=None, ge=-1)
+    period: int | None = Field(default=None, ge=1000, le=1_000_000)
+    cpus: str | None = None
+    mems: str | None = None
+
+
+class LinuxPids(_OCIPart):
+    limit: int = Field(ge=-1, description="-1 or 0: unlimited")
+
+
+class LinuxResources(_Input):
+    memory: LinuxMemory | None = None
+    cpu: LinuxCPU | None = None
+    pids: LinuxPids | None = None
+
+
+class TaskPatch(_Input):
+    resources: LinuxResources
+
+
+class PidList(BaseModel):
+    pids: list[int]
+
+
+class LogLine(BaseModel):
+    time: datetime
+    stream: str = Field(description="stdout or stderr")
+    line: str
+
+
 # --- Events ------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from ..daemon import Daemon
 from ..events import EventService
 from ..identifiers import IDENTIFIER_PATTERN, validate_identifier
 from ..namespaces import NamespaceService
+from ..runtime.tasks import TaskService
 from ..snapshots.service import SnapshotService
 
 
@@ -38,10 +39,15 @@ def get_snapshots(daemon: DaemonDep) -> SnapshotService:
     return daemon.snapshots
 
 
+def get_tasks(daemon: DaemonDep) -> TaskService:
+    return daemon.tasks
+
+
 Containers = Annotated[ContainerService, Depends(get_containers)]
 Namespaces = Annotated[NamespaceService, Depends(get_namespaces)]
 Events = Annotated[EventService, Depends(get_events)]
 Snapshots = Annotated[SnapshotService, Depends(get_snapshots)]
+Tasks = Annotated[TaskService, Depends(get_tasks)]
 
 
 def namespace_header(
@@ -74,7 +80,12 @@ def snapshot_key_path(key: Annotated[str, Path(json_schema_extra={"pattern": IDE
     return validate_identifier("snapshot key", key)
 
 
+def exec_id_path(exec_id: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})]) -> str:
+    return validate_identifier("exec id", exec_id)
+
+
 NamespaceHeader = Annotated[str, Depends(namespace_header)]
+ExecId = Annotated[str, Depends(exec_id_path)]
 SnapshotKey = Annotated[str, Depends(snapshot_key_path)]
 ContainerId = Annotated[str, Depends(container_id_path)]
 NamespaceName = Annotated[str, Depends(namespace_name_path)]

@@ -147,6 +147,10 @@ class ContainerStore:
         snapshots' data dirs for the caller to remove once committed."""
         async with self._db.write() as tx:
             deleted = await self._get_in(tx, namespace, container_id)
+            if await tx.exists("SELECT 1 FROM tasks WHERE namespace = ? AND id = ?", namespace, container_id):
+                raise CargoholdError(
+                    ErrorKind.CONFLICT, f'container "{container_id}" has a task; delete the task first'
+                )
             await tx.execute(
                 "DELETE FROM containers WHERE namespace = ? AND id = ?", namespace, container_id
             )

@@ -74,6 +74,44 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX snapshots_by_parent ON snapshots(namespace, snapshotter, parent);
     CREATE INDEX containers_by_snapshot ON containers(namespace, snapshotter, snapshot_key);
     """,
+    """
+    CREATE TABLE tasks (
+        namespace   TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        conmon_pid  INTEGER NOT NULL,
+        status      TEXT NOT NULL,
+        runtime     TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        started_at  TEXT,
+        exited      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (namespace, id),
+        FOREIGN KEY (namespace, id) REFERENCES containers(namespace, id) ON DELETE RESTRICT
+    );
+    CREATE TABLE processes (
+        namespace   TEXT NOT NULL,
+        task_id     TEXT NOT NULL,
+        exec_id     TEXT NOT NULL,
+        pid         INTEGER,
+        conmon_pid  INTEGER,
+        status      TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        PRIMARY KEY (namespace, task_id, exec_id),
+        FOREIGN KEY (namespace, task_id) REFERENCES tasks(namespace, id) ON DELETE CASCADE
+    );
+    CREATE TABLE exits (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        namespace    TEXT NOT NULL,
+        id           TEXT NOT NULL,
+        exec_id      TEXT NOT NULL DEFAULT '',
+        pid          INTEGER NOT NULL,
+        exit_status  INTEGER NOT NULL,
+        exited_at    TEXT NOT NULL,
+        oom_killed   INTEGER NOT NULL
+    );
+    CREATE INDEX exits_by_process ON exits(namespace, id, exec_id, seq);
+    """,
 )
 
 

@@ -1,0 +1,203 @@
+"""Routes for /tasks: HTTP shape only; the rules are in TaskService."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from ..models import ExecCreate, Exit, KillRequest, LogLine, PidList, Process, Task, TaskCreate, TaskList, TaskPatch
+from .deps import ContainerId, ExecId, NamespaceHeader, Tasks
+from .problems import problems
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+TASK_PROBLEMS = (400, 404, 409, 503)
+LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON lines (`application/x-ndjson`), or SSE with `Accept: text/event-stream`",
+        "content": {"application/x-ndjson": {"schema": LogLine.model_json_schema()}, "text/event-stream": {}},
+    }
+}
+
+
+@router.post("", status_code=201, summary="Create a task for a container", responses=problems(400, 404, 409, 422, 503))
+async def create_task(body: TaskCreate, namespace: NamespaceHeader, tasks: Tasks, response: Response) -> Task:
+    task = await tasks.create(namespace, body)
+    response.headers["Location"] = f"/tasks/{task.id}"
+    return task
+
+
+@router.get("", summary="List tasks", responses=problems(400))
+async def list_tasks(namespace: NamespaceHeader, tasks: Tasks) -> TaskList:
+    return TaskList(tasks=await tasks.find(namespace))
+
+
+@router.get("/{container_id}", summary="Get a task", responses=problems(*TASK_PROBLEMS))
+async def get_task(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks) -> Task:
+    return await tasks.get(namespace, container_id)
+
+
+@router.post("/{container_id}/start", summary="Start a created task", responses=problems(*TASK_PROBLEMS))
+async def start_task(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks) -> Task:
+    return await tasks.start(namespace, container_id)
+
+
+@router.post(
+    "/{container_id}/kill", status_code=204, summary="Signal a task", responses=problems(*TASK_PROBLEMS, 422)
+)
+async def kill_task(container_id: ContainerId, body: KillRequest, namespace: NamespaceHeader, tasks: Tasks) -> Response:
+    await tasks.kill(namespace, container_id, body)
+    return Response(status_code=204)
+
+
+@router.post("/{container_id}/pause", summary="Freeze a running task", responses=problems(*TASK_PROBLEMS))
+async def pause_task(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks) -> Task:
+    return await tasks.pause(namespace, container_id)
+
+
+@router.post("/{container_id}/resume", summary="Thaw a paused task", responses=problems(*TASK_PROBLEMS))
+async def resume_task(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks) -> Task:
+    return await tasks.resume(namespace, container_id)
+
+
+@router.get("/{container_id}/pids", summary="Processes of a task", responses=problems(*TASK_PROBLEMS))
+async def list_task_pids(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks) -> PidList:
+    return PidList(pids=await tasks.pids(namespace, container_id))
+
+
+@router.patch(
+    "/{container_id}",
+    summary="Update a task's resources live (cgroup)",
+    responses=problems(*TASK_PROBLEMS, 413, 422),
+)
+async def update_task(container_id: ContainerId, body: TaskPatch, namespace: NamespaceHeader, tasks: Tasks) -> Task:
+    return await tasks.update(namespace, container_id, body.resources)
+
+
+@router.post(
+    "/{container_id}/wait",
+    summary="Wait for a task to exit",
+    description="Long-polls until the task exits; after it has, answers at once from the stored exits.",
+    responses=problems(400, 404),
+)
+async def wait_task(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks) -> Exit:
+    return await tasks.wait(namespace, container_id)
+
+
+@router.delete(
+    "/{container_id}", summary="Kill (if needed) and delete a task", responses=problems(*TASK_PROBLEMS)
+)
+async def delete_task(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks) -> Exit:
+    return await tasks.delete(namespace, container_id)
+
+
+def _log_response(lines: AsyncIterator[LogLine], follow: bool, accept: str | None) -> Response:
+    if follow and accept is not None and "text/event-stream" in accept:
+
+        async def frames() -> AsyncIterator[ServerSentEvent]:
+            async for line in lines:
+                yield ServerSentEvent(data=line.model_dump_json(), event=line.stream)
+
+        return EventSourceResponse(frames())
+
+    async def json_lines() -> AsyncIterator[bytes]:
+        async for line in lines:
+            yield line.model_dump_json().encode() + b"\n"
+
+    return StreamingResponse(json_lines(), media_type="application/x-ndjson")
+
+
+LogTail = Annotated[int | None, Query(ge=0, description="only the last N lines")]
+LogSince = Annotated[datetime | None, Query(description="only lines after this RFC 3339 time")]
+LogFollow = Annotated[bool, Query(description="keep streaming while it runs")]
+
+
+@router.get(
+    "/{container_id}/logs",
+    summary="Read a task's output",
+    response_class=StreamingResponse,
+    responses={**LOG_RESPONSES, **problems(400, 404, 422)},
+)
+async def get_task_logs(
+    container_id: ContainerId,
+    namespace: NamespaceHeader,
+    tasks: Tasks,
+    tail: LogTail = None,
+    since: LogSince = None,
+    follow: LogFollow = False,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    lines = await tasks.logs(namespace, container_id, tail=tail, since=since, follow=follow)
+    return _log_response(lines, follow, accept)
+
+
+@router.post(
+    "/{container_id}/processes",
+    status_code=201,
+    summary="Add an exec process to a running task",
+    responses=problems(*TASK_PROBLEMS, 413, 422),
+)
+async def add_task_process(
+    container_id: ContainerId, body: ExecCreate, namespace: NamespaceHeader, tasks: Tasks, response: Response
+) -> Process:
+    process = await tasks.add_exec(namespace, container_id, body)
+    response.headers["Location"] = f"/tasks/{container_id}/processes/{process.exec_id}"
+    return process
+
+
+@router.post(
+    "/{container_id}/processes/{exec_id}/start",
+    summary="Start an exec process",
+    responses=problems(*TASK_PROBLEMS, 422),
+)
+async def start_task_process(
+    container_id: ContainerId, exec_id: ExecId, namespace: NamespaceHeader, tasks: Tasks
+) -> Process:
+    return await tasks.start_exec(namespace, container_id, exec_id)
+
+
+@router.post(
+    "/{container_id}/processes/{exec_id}/kill",
+    status_code=204,
+    summary="Signal an exec process",
+    responses=problems(*TASK_PROBLEMS, 422),
+)
+async def kill_task_process(
+    container_id: ContainerId, exec_id: ExecId, body: KillRequest, namespace: NamespaceHeader, tasks: Tasks
+) -> Response:
+    await tasks.kill_exec(namespace, container_id, exec_id, body)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{container_id}/processes/{exec_id}/wait", summary="Wait for an exec process to exit", responses=problems(400, 404)
+)
+async def wait_task_process(
+    container_id: ContainerId, exec_id: ExecId, namespace: NamespaceHeader, tasks: Tasks
+) -> Exit:
+    return await tasks.wait(namespace, container_id, exec_id)
+
+
+@router.get(
+    "/{container_id}/processes/{exec_id}/logs",
+    summary="Read an exec process's output",
+    response_class=StreamingResponse,
+    responses={**LOG_RESPONSES, **problems(400, 404, 422)},
+)
+async def get_task_process_logs(
+    container_id: ContainerId,
+    exec_id: ExecId,
+    namespace: NamespaceHeader,
+    tasks: Tasks,
+    tail: LogTail = None,
+    since: LogSince = None,
+    follow: LogFollow = False,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    lines = await tasks.logs(namespace, container_id, exec_id, tail=tail, since=since, follow=follow)
+    return _log_response(lines, follow, accept)

@@ -1,0 +1,43 @@
+"""Where a task's cgroup lives in each mounted hierarchy, and removing what is left."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def hierarchies() -> list[Path]:
+    """Mount points of every cgroup v1 hierarchy and of the v2 (unified) one."""
+    found = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            before, _, after = line.partition(" - ")
+            if after.split()[0] in ("cgroup", "cgroup2"):
+                found.append(Path(before.split()[4]))
+    return found
+
+
+def remove_cgroup(relative: str, parents_up_to: str = "/cargohold") -> None:
+    """rmdir `relative` in every hierarchy, then its parents up to and including
+    `parents_up_to` while they are empty. Busy or missing directories are left alone."""
+    depth = len(Path(relative).relative_to(Path(parents_up_to).parent).parts)
+    for hierarchy in hierarchies():
+        path = hierarchy / relative.lstrip("/")
+        for _ in range(depth):
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                break  # busy (other tasks) or not empty: leave it and its parents
+            path = path.parent
+
+
+def leftover_cgroups(root: str = "/cargohold") -> list[Path]:
+    """Every cgroup directory below `root` in any hierarchy (for tests and recovery)."""
+    found: list[Path] = []
+    for hierarchy in hierarchies():
+        base = hierarchy / root.lstrip("/")
+        if base.is_dir():
+            found.extend(p for p in base.rglob("*") if p.is_dir())
+    return found

@@ -1,0 +1,158 @@
+"""conmon, one per task or exec process: it runs `runc create` (or `runc exec`), keeps
+the container's stdio in a CRI-format log, and writes the exit status to a file named
+after the container in its exit dir. It outlives the daemon, which is how tasks survive
+a restart.
+
+conmon daemonizes before the runtime has finished; as Podman does, we pass it the write
+end of a pipe in `_OCI_SYNCPIPE` and read one JSON line: `{"data": pid}` once created,
+or `{"data": -1, "message": "..."}` with the runtime's error. Its exit is watched
+through a pidfd on the conmon process (readable when it exits), which works as well for
+a conmon started by an earlier daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CargoholdError, ErrorKind
+from .oci import OCIRuntime
+
+SYNC_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Started:
+    conmon_pid: int
+    pid: int
+
+
+class Conmon:
+    def __init__(self, binary: str, log_max_bytes: int) -> None:
+        self.binary = binary
+        self._log_max_bytes = log_max_bytes
+
+    async def create(
+        self, container_id: str, bundle: Path, runtime: OCIRuntime, work_dir: Path, log_path: Path
+    ) -> Started:
+        """Create the container (not started). Raises VALIDATION with the runtime's message."""
+        return await self._launch(
+            container_id, runtime, work_dir, log_path,
+            ["-b", str(bundle), "-u", container_id, "-n", container_id],
+        )
+
+    async def exec(
+        self, container_id: str, exec_id: str, process_spec: Path, runtime: OCIRuntime, work_dir: Path, log_path: Path
+    ) -> Started:
+        """Start an exec process in the running container `container_id`."""
+        return await self._launch(
+            container_id, runtime, work_dir, log_path,
+            ["-e", "--exec-process-spec", str(process_spec), "-u", f"{container_id}-{exec_id}",
+             "-n", f"{container_id}-{exec_id}", "-b", str(work_dir)],
+        )
+
+    async def _launch(
+        self, container_id: str, runtime: OCIRuntime, work_dir: Path, log_path: Path, extra: list[str]
+    ) -> Started:
+        exit_dir = work_dir / "exit"
+        exit_dir.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        read_end, write_end = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self.binary, "--api-version", "1", "-c", container_id, *extra,
+                "-r", runtime.binary, "--runtime-arg", runtime.root_arg,
+                "-p", str(work_dir / "pid"), "-P", str(work_dir / "conmon.pid"),
+                "--exit-dir", str(exit_dir),
+                "-l", f"k8s-file:{log_path}", "--log-size-max", str(self._log_max_bytes),
+                "--socket-dir-path", str(work_dir), "--full-attach", "--log-level", "error",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, pass_fds=(write_end,),
+                env={**os.environ, "_OCI_SYNCPIPE": str(write_end)},
+            )
+        finally:
+            os.close(write_end)
+        try:
+            _, err = await process.communicate()  # the parent exits once conmon has daemonized
+            if process.returncode != 0:
+                raise CargoholdError(
+                    ErrorKind.UNAVAILABLE, f"conmon failed to start: {err.decode(errors='replace').strip()}"
+                )
+            line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_end), SYNC_TIMEOUT_SECONDS)
+        finally:
+            os.close(read_end)
+        pid, message = _parse_sync(line)
+        if pid <= 0:
+            raise CargoholdError(ErrorKind.VALIDATION, f"{runtime.name} could not run it: {message}")
+        conmon_pid = int((work_dir / "conmon.pid").read_text().strip())
+        return Started(conmon_pid=conmon_pid, pid=pid)
+
+
+def _read_line(fd: int) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _parse_sync(line: bytes) -> tuple[int, str]:
+    if not line.strip():
+        return -1, "conmon exited without reporting the container's pid"
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return -1, f"conmon said {line!r}"
+    pid = message.get("data", message.get("pid", -1))
+    return int(pid), str(message.get("message", "")).strip() or "no message"
+
+
+def read_exit_status(exit_dir: Path, name: str) -> int | None:
+    """The status conmon wrote for `name` (exit code, or 128 + signal), or None if none yet."""
+    try:
+        return int((exit_dir / name).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def conmon_alive(conmon_pid: int, container_id: str) -> bool:
+    """Whether `conmon_pid` is still the conmon of `container_id` (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{conmon_pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(cmdline) and cmdline[0].endswith(b"conmon") and container_id.encode() in cmdline
+
+
+class ExitWatch:
+    """Calls `on_exit` once, from the event loop, when process `pid` ends (pidfd); at once
+    if it has ended already (or `pid` is 0: known to be gone)."""
+
+    def __init__(self, pid: int, on_exit: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._on_exit = on_exit
+        self._fd: int | None = None
+        try:
+            if pid <= 0:
+                raise ProcessLookupError(pid)
+            self._fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._loop.call_soon(self._fire)
+            return
+        self._loop.add_reader(self._fd, self._fire)
+
+    def _fire(self) -> None:
+        self.close()
+        self._on_exit()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,115 @@
+"""The OCI runtime command line (runc or crun): start, kill, pause, resume, ps, update,
+state, delete. Each container's runtime state lives under a private `--root`, so nothing
+here touches the host's default runc state. Failures carry the runtime's own message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal as signals
+from pathlib import Path
+from typing import Any
+
+from ..errors import CargoholdError, ErrorKind, invalid
+
+
+def parse_signal(value: int | str) -> int:
+    """`SIGTERM`, `TERM`, `15` or 15 -> 15. Raises INVALID_ARGUMENT for anything else."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        number = int(value)
+        if number in {s.value for s in signals.Signals}:
+            return number
+        raise invalid(f"unknown signal number {number}")
+    name = value.upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return signals.Signals[name].value
+    except KeyError:
+        raise invalid(f"unknown signal {value!r}; use a name such as SIGTERM or a number such as 15") from None
+
+
+class OCIRuntime:
+    """One runtime binary with its private state root."""
+
+    def __init__(self, name: str, binary: str, state_root: Path) -> None:
+        self.name = name
+        self.binary = binary
+        self.state_root = state_root
+
+    @property
+    def root_arg(self) -> str:
+        return f"--root={self.state_root}"
+
+    async def _run(self, *args: str, stdin: bytes | None = None, error_kind: ErrorKind = ErrorKind.CONFLICT) -> bytes:
+        process = await asyncio.create_subprocess_exec(
+            self.binary, self.root_arg, *args,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate(stdin)
+        if process.returncode != 0:
+            message = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
+            raise CargoholdError(error_kind, f"{self.name} {args[0]} failed: {_runtime_message(message)}")
+        return out
+
+    async def start(self, container_id: str) -> None:
+        await self._run("start", container_id)
+
+    async def kill(self, container_id: str, signal: int, all_processes: bool = False) -> None:
+        await self._run("kill", *(["--all"] if all_processes else []), container_id, str(signal))
+
+    async def pause(self, container_id: str) -> None:
+        await self._run("pause", container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self._run("resume", container_id)
+
+    async def pids(self, container_id: str) -> list[int]:
+        out = await self._run("ps", "--format", "json", container_id)
+        return sorted(json.loads(out or b"[]") or [])
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        await self._run("update", "--resources", "-", container_id, stdin=json.dumps(resources).encode(),
+                        error_kind=ErrorKind.VALIDATION)
+
+    async def state(self, container_id: str) -> dict[str, Any] | None:
+        """The runtime's view of the container, or None when it does not know it."""
+        try:
+            out = await self._run("state", container_id)
+        except CargoholdError:
+            return None
+        state: dict[str, Any] = json.loads(out)
+        return state
+
+    async def delete(self, container_id: str) -> None:
+        """Force-delete (kills what is left); a container the runtime doesn't know is fine."""
+        try:
+            await self._run("delete", "--force", container_id)
+        except CargoholdError as error:
+            if "does not exist" not in error.detail and "not found" not in error.detail.lower():
+                raise
+
+    async def list_ids(self) -> list[str]:
+        """Containers in this runtime's state root (for cleaning up what no task owns)."""
+        if not self.state_root.exists():
+            return []
+        out = await self._run("list", "--format", "json")
+        return [entry["id"] for entry in json.loads(out or b"[]") or []]
+
+
+def _runtime_message(raw: str) -> str:
+    """runc logs JSON or logfmt lines (`level=error msg="..."`); keep the message."""
+    messages = []
+    for line in raw.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                messages.append(str(json.loads(line).get("msg", line)))
+                continue
+            except ValueError:
+                pass
+        if 'msg="' in line:
+            messages.append(line.split('msg="', 1)[1].rsplit('"', 1)[0].replace('\\"', '"'))
+        elif line:
+            messages.append(line)
+    return "; ".join(messages) or "no message"

@@ -1,0 +1,492 @@
+"""TaskService: a container's processes under a real OCI runtime, supervised by conmon.
+
+Create mounts the container's snapshot on the bundle's rootfs, writes config.json and
+has conmon run `<runtime> create`; start, kill, pause, resume, update and exec go to the
+runtime. Exit means delete: when conmon exits (seen through a pidfd), the exit status it
+wrote is recorded (/tasks/exit), the task is torn down (runtime state, cgroup, mount,
+bundle) and its row deleted (/tasks/delete). Exits are kept so `wait` answers after the
+fact. On start, `recover()` re-adopts live tasks, records the exits of those that ended
+while the daemon was down, and removes whatever no task owns.
+
+Layout: `<state>/tasks/<namespace>/<id>/` (bundle/, conmon's pid files, exit/, execs/),
+`<state>/runtimes/<runtime>/` (the runtime's private state root), and
+`<root>/logs/<namespace>/<id>.log` (kept until the container goes or a new task starts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import CargoholdError, ErrorKind, invalid
+from ..models import ExecCreate, Exit, KillRequest, LinuxResources, LogLine, Process, Task, TaskCreate, TaskStatus
+from ..snapshots.mounts import mount_all, mount_points_under, unmount
+from ..snapshots.service import SnapshotService
+from ..store.containers import ContainerStore
+from ..store.tasks import TaskRecord, TaskStore, task_not_found
+from ..topics import Topic
+from .bundle import cgroup_path, task_config, write_config
+from .cgroups import remove_cgroup
+from .conmon import Conmon, ExitWatch, Started, conmon_alive, read_exit_status
+from .defaults import with_defaults
+from .logs import read_log
+from .oci import OCIRuntime, parse_signal
+
+log = logging.getLogger(__name__)
+
+# Exit status recorded when conmon died without writing one (it was killed itself).
+UNKNOWN_EXIT_STATUS = 255
+DELETE_TIMEOUT_SECONDS = 30
+
+Key = tuple[str, str, str]  # (namespace, task id, exec id or "")
+
+
+class TaskService:
+    def __init__(
+        self,
+        store: TaskStore,
+        containers: ContainerStore,
+        snapshots: SnapshotService,
+        state: Path,
+        logs: Path,
+        runtimes: dict[str, OCIRuntime],
+        conmon: Conmon | None,
+        missing: dict[str, str],
+        allowed_bind_roots: list[Path],
+    ) -> None:
+        self._store = store
+        self._containers = containers
+        self._snapshots = snapshots
+        self._tasks_dir = state / "tasks"
+        self._logs_dir = logs
+        self._runtimes = runtimes
+        self._conmon = conmon
+        self._missing = missing
+        self._allowed_bind_roots = allowed_bind_roots
+        self._watches: dict[Key, ExitWatch] = {}
+        # Resolved once a watched process's exit is recorded / once its task is deleted.
+        self._exited: dict[Key, asyncio.Future[Exit]] = {}
+        self._deleted: dict[tuple[str, str], asyncio.Future[Exit]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        # Held while a task's cgroup parents may be created or removed (see _teardown).
+        self._cgroup_lock = asyncio.Lock()
+        self.oom_killed: Callable[[str, str], bool] = lambda namespace, task_id: False
+
+    # --- paths --------------------------------------------------------------------
+
+    def task_dir(self, namespace: str, task_id: str) -> Path:
+        return self._tasks_dir / namespace / task_id
+
+    def log_path(self, namespace: str, task_id: str, exec_id: str | None = None) -> Path:
+        if exec_id:
+            return self.task_dir(namespace, task_id) / "execs" / exec_id / "log"
+        return self._logs_dir / namespace / f"{task_id}.log"
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def create(self, namespace: str, body: TaskCreate) -> Task:
+        """Mount, write the bundle, have conmon run `<runtime> create`. Appends /tasks/create.
+        Raises NOT_FOUND (container), CONFLICT (a task exists), VALIDATION (no rootfs, or the
+        runtime refused the spec, with its message), UNAVAILABLE (runtime not installed)."""
+        if body.stdin or body.terminal:
+            raise invalid("stdin and terminal are not supported yet; create the task without them")
+        container = await self._containers.get(namespace, body.container_id)
+        runtime = self._runtime(container.runtime.name.value)
+        conmon = self._require_conmon()
+        if not container.snapshot_key:
+            raise CargoholdError(
+                ErrorKind.VALIDATION,
+                f'container "{container.id}" has no root filesystem: set its snapshot_key to a prepared snapshot',
+            )
+        if await self._store.exists(namespace, container.id):
+            raise CargoholdError(ErrorKind.CONFLICT, f'container "{container.id}" already has a task')
+        task_dir = self.task_dir(namespace, container.id)
+        bundle = task_dir / "bundle"
+        rootfs = bundle / "rootfs"
+        async with self._lock(namespace, container.id), AsyncExitStack() as undo:
+            config = task_config(container.spec, namespace, container.id, rootfs, self._allowed_bind_roots)
+            mounts = await self._snapshots.mounts(namespace, container.snapshotter, container.snapshot_key)
+            undo.push_async_callback(_shielded_thread, _remove_task_dir, task_dir)
+            await asyncio.to_thread(write_config, bundle, config)
+            await asyncio.to_thread(mount_all, mounts, rootfs)
+            log_path = self.log_path(namespace, container.id)
+            log_path.unlink(missing_ok=True)  # a new task starts a new log
+            undo.callback(log_path.unlink, missing_ok=True)
+            undo.push_async_callback(self._shielded_runtime_cleanup, runtime, namespace, container.id)
+            async with self._cgroup_lock:
+                started = await conmon.create(container.id, bundle, runtime, task_dir, log_path)
+            task = await self._store.add(namespace, container.id, started.pid, started.conmon_pid, runtime.name)
+            self._watch(namespace, container.id, "", started)  # before any await: wait() relies on it
+            undo.pop_all()
+        return task
+
+    async def start(self, namespace: str, task_id: str) -> Task:
+        """Appends /tasks/start. Raises CONFLICT unless the task is created (not yet started)."""
+        async with self._lock(namespace, task_id):
+            record = await self._live(namespace, task_id)
+            if record.task.status is not TaskStatus.CREATED:
+                raise CargoholdError(ErrorKind.CONFLICT, f'task "{task_id}" is {record.task.status.value}; '
+                                     "only a created task can be started")
+            await self._runtime(record.task.runtime).start(task_id)
+            return await self._store.set_status(
+                namespace, task_id, TaskStatus.RUNNING, Topic.TASK_START,
+                {"container_id": task_id, "pid": record.task.pid},
+            )
+
+    async def kill(self, namespace: str, task_id: str, request: KillRequest) -> None:
+        number = parse_signal(request.signal)
+        record = await self._live(namespace, task_id)
+        await self._runtime(record.task.runtime).kill(task_id, number, request.all)
+
+    async def pause(self, namespace: str, task_id: str) -> Task:
+        return await self._freeze(namespace, task_id, pause=True)
+
+    async def resume(self, namespace: str, task_id: str) -> Task:
+        return await self._freeze(namespace, task_id, pause=False)
+
+    async def _freeze(self, namespace: str, task_id: str, pause: bool) -> Task:
+        async with self._lock(namespace, task_id):
+            record = await self._live(namespace, task_id)
+            wanted = TaskStatus.RUNNING if pause else TaskStatus.PAUSED
+            if record.task.status is not wanted:
+                verb = "paused" if pause else "resumed"
+                raise CargoholdError(
+                    ErrorKind.CONFLICT, f'task "{task_id}" is {record.task.status.value}; only a {wanted.value} '
+                    f"task can be {verb}"
+                )
+            runtime = self._runtime(record.task.runtime)
+            await (runtime.pause(task_id) if pause else runtime.resume(task_id))
+            status, topic = (
+                (TaskStatus.PAUSED, Topic.TASK_PAUSED) if pause else (TaskStatus.RUNNING, Topic.TASK_RESUMED)
+            )
+            return await self._store.set_status(namespace, task_id, status, topic, {"container_id": task_id})
+
+    async def pids(self, namespace: str, task_id: str) -> list[int]:
+        record = await self._live(namespace, task_id)
+        return await self._runtime(record.task.runtime).pids(task_id)
+
+    async def update(self, namespace: str, task_id: str, resources: LinuxResources) -> Task:
+        """Live cgroup update through the runtime. Raises VALIDATION with its message."""
+        record = await self._live(namespace, task_id)
+        document = resources.model_dump(mode="json", exclude_none=True)
+        if not document:
+            raise invalid("resources is empty: give memory, cpu or pids")
+        await self._runtime(record.task.runtime).update(task_id, document)
+        return record.task
+
+    async def get(self, namespace: str, task_id: str) -> Task:
+        return (await self._live(namespace, task_id)).task
+
+    async def find(self, namespace: str) -> list[Task]:
+        return await self._store.list_in(namespace)
+
+    async def wait(self, namespace: str, task_id: str, exec_id: str | None = None) -> Exit:
+        """The exit of the task (or exec process): waits while it runs, else answers from the
+        stored exits. Raises NOT_FOUND when there is neither."""
+        pending = self._exited.get((namespace, task_id, exec_id or ""))
+        if pending is not None:
+            return await asyncio.shield(pending)
+        # Not watched: it has exited (the future is dropped only after the exit is stored).
+        found = await self._store.last_exit(namespace, task_id, exec_id)
+        if found is None:
+            what = f'exec process "{exec_id}" of task "{task_id}"' if exec_id else f'task "{task_id}"'
+            raise CargoholdError(ErrorKind.NOT_FOUND, f'no {what} is running or has exited in namespace "{namespace}"')
+        return found
+
+    async def delete(self, namespace: str, task_id: str) -> Exit:
+        """Kill (SIGKILL, every process) if needed and delete; returns the exit once the
+        teardown is done."""
+        record = await self._live(namespace, task_id)
+        deleted = self._deleted.get((namespace, task_id))
+        if deleted is None:
+            raise task_not_found(namespace, task_id)
+        runtime = self._runtime(record.task.runtime)
+        with suppress(CargoholdError):  # it may be exiting already
+            await runtime.kill(task_id, 9, all_processes=True)
+        if record.task.status is TaskStatus.PAUSED:
+            with suppress(CargoholdError):
+                await runtime.resume(task_id)  # a frozen process cannot die
+        async with asyncio.timeout(DELETE_TIMEOUT_SECONDS):
+            return await asyncio.shield(deleted)
+
+    async def logs(
+        self,
+        namespace: str,
+        task_id: str,
+        exec_id: str | None = None,
+        tail: int | None = None,
+        since: datetime | None = None,
+        follow: bool = False,
+    ) -> AsyncIterator[LogLine]:
+        """The task's (or exec process's) output; the last run's log stays readable after
+        it exits until the container goes or a new task starts. Raises NOT_FOUND."""
+        path = self.log_path(namespace, task_id, exec_id)
+        key = (namespace, task_id, exec_id or "")
+        if not path.exists() and key not in self._watches:
+            await self._containers.get(namespace, task_id)  # NOT_FOUND for an unknown container
+            what = f'exec process "{exec_id}" of task "{task_id}"' if exec_id else f'task "{task_id}"'
+            raise CargoholdError(ErrorKind.NOT_FOUND, f"no log for {what}: it has not run")
+
+        async def running() -> bool:
+            return key in self._watches
+
+        return read_log(path, tail=tail, since=since, follow=running if follow else None)
+
+    # --- exec ------------------------------------------------------------------------
+
+    async def add_exec(self, namespace: str, task_id: str, body: ExecCreate) -> Process:
+        record = await self._live(namespace, task_id)
+        if record.task.status is not TaskStatus.RUNNING:
+            raise CargoholdError(ErrorKind.CONFLICT, f'task "{task_id}" is {record.task.status.value}; '
+                                 "exec needs a running task")
+        spec = body.process.model_dump(mode="json", exclude_unset=True)
+        if spec.get("terminal"):
+            raise CargoholdError(ErrorKind.VALIDATION, "process.terminal is not supported yet; set it to false")
+        spec = with_defaults({"process": spec})["process"]
+        return await self._store.add_process(namespace, task_id, body.exec_id, spec)
+
+    async def start_exec(self, namespace: str, task_id: str, exec_id: str) -> Process:
+        """Run the added exec process. Appends /tasks/exec-started."""
+        record = await self._live(namespace, task_id)
+        process = await self._store.get_process(namespace, task_id, exec_id)
+        if process.process.status != "created":
+            raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" was started already')
+        exec_dir = self.task_dir(namespace, task_id) / "execs" / exec_id
+        spec_path = exec_dir / "process.json"
+        await asyncio.to_thread(_write_json, spec_path, process.spec)
+        started = await self._require_conmon().exec(
+            task_id, exec_id, spec_path, self._runtime(record.task.runtime), exec_dir,
+            self.log_path(namespace, task_id, exec_id),
+        )
+        result = await self._store.start_process(namespace, task_id, exec_id, started.pid, started.conmon_pid)
+        self._watch(namespace, task_id, exec_id, started)
+        return result
+
+    async def kill_exec(self, namespace: str, task_id: str, exec_id: str, request: KillRequest) -> None:
+        number = parse_signal(request.signal)
+        process = await self._store.get_process(namespace, task_id, exec_id)
+        if process.process.pid is None:
+            raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" has not been started')
+        try:
+            os.kill(process.process.pid, number)
+        except ProcessLookupError:
+            raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" has exited') from None
+
+    async def _process_exists(self, namespace: str, task_id: str, exec_id: str) -> bool:
+        try:
+            await self._store.get_process(namespace, task_id, exec_id)
+        except CargoholdError:
+            return False
+        return True
+
+    # --- exits ------------------------------------------------------------------------
+
+    def _watch(self, namespace: str, task_id: str, exec_id: str, started: Started) -> None:
+        key = (namespace, task_id, exec_id)
+        loop = asyncio.get_running_loop()
+        self._exited[key] = loop.create_future()
+        if not exec_id:
+            self._deleted[(namespace, task_id)] = loop.create_future()
+        self._watches[key] = ExitWatch(started.conmon_pid, lambda: self._spawn(self._handle_exit(key, started.pid)))
+
+    def _spawn(self, coroutine: Any) -> None:
+        handler = asyncio.get_running_loop().create_task(coroutine, name="tasks.exit")
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
+
+    async def _handle_exit(self, key: Key, pid: int) -> None:
+        """conmon has exited: record the exit, then (for init) tear the task down."""
+        namespace, task_id, exec_id = key
+        try:
+            self._watches.pop(key, None)
+            work_dir = self.task_dir(namespace, task_id)
+            exit_dir = (work_dir / "execs" / exec_id / "exit") if exec_id else work_dir / "exit"
+            exit_ = _exit_from_file(exit_dir, task_id, exec_id, pid)
+            if not exec_id:
+                exit_ = exit_.model_copy(update={"oom_killed": self.oom_killed(namespace, task_id)})
+            await self._store.record_exit(namespace, exit_)
+            self._resolve(key, exit_)
+            if not exec_id:
+                async with self._lock(namespace, task_id):
+                    await self._finish(namespace, task_id, exit_)
+        except Exception:
+            log.exception("handling the exit of %s/%s %s failed", namespace, task_id, exec_id)
+
+    async def _finish(self, namespace: str, task_id: str, exit_: Exit) -> None:
+        record = await self._store.get(namespace, task_id)
+        for process in record.task.processes:  # execs die with the container's pid namespace
+            watch = self._watches.pop((namespace, task_id, process.exec_id), None)
+            if watch:
+                watch.close()
+            exec_exit = _exit_from_file(
+                self.task_dir(namespace, task_id) / "execs" / process.exec_id / "exit", task_id, process.exec_id,
+                process.pid or 0,
+            )
+            await self._store.record_exit(namespace, exec_exit)
+            self._resolve((namespace, task_id, process.exec_id), exec_exit)
+        await self._teardown(namespace, task_id, record.task.runtime)
+        await self._store.delete(namespace, task_id, exit_)
+        deleted = self._deleted.pop((namespace, task_id), None)
+        if deleted is not None and not deleted.done():
+            deleted.set_result(exit_)
+
+    def _resolve(self, key: Key, exit_: Exit) -> None:
+        future = self._exited.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(exit_)
+
+    async def _teardown(self, namespace: str, task_id: str, runtime_name: str) -> None:
+        """Remove the runtime state, the cgroup, the rootfs mount and the task dir."""
+        runtime = self._runtimes.get(runtime_name)
+        if runtime is not None:
+            await runtime.delete(task_id)
+        await asyncio.to_thread(_remove_task_dir, self.task_dir(namespace, task_id))
+        async with self._cgroup_lock:
+            await asyncio.to_thread(remove_cgroup, cgroup_path(namespace, task_id))
+
+    async def _shielded_runtime_cleanup(self, runtime: OCIRuntime, namespace: str, task_id: str) -> None:
+        async def cleanup() -> None:
+            await runtime.delete(task_id)
+            async with self._cgroup_lock:
+                await asyncio.to_thread(remove_cgroup, cgroup_path(namespace, task_id))
+
+        await asyncio.shield(cleanup())
+
+    # --- restart ----------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Re-adopt tasks whose conmon lives; record the exits of those that ended while the
+        daemon was down (each published once: `record_exit` is idempotent); tear down what
+        no task owns (task dirs, mounts, runtime state, cgroups)."""
+        records = await self._store.list_records()
+        for record in records:
+            namespace, task_id = record.task.namespace, record.task.id
+            for process in record.task.processes:
+                if process.pid is not None and process.status == "running":
+                    self._adopt_or_collect(namespace, task_id, process.exec_id, record, process.pid)
+            if record.exited:  # the exit was recorded, the teardown did not finish
+                exit_ = await self._store.last_exit(namespace, task_id)
+                await self._finish(namespace, task_id, exit_ or _unknown_exit(task_id, None, record.task.pid))
+            else:
+                self._adopt_or_collect(namespace, task_id, "", record, record.task.pid)
+        await self._remove_unowned({(r.task.namespace, r.task.id) for r in records})
+
+    def _adopt_or_collect(self, namespace: str, task_id: str, exec_id: str, record: TaskRecord, pid: int) -> None:
+        work_dir = self.task_dir(namespace, task_id) / ("execs/" + exec_id if exec_id else "")
+        try:
+            conmon_pid = int((work_dir / "conmon.pid").read_text().strip())
+        except (OSError, ValueError):
+            conmon_pid = record.conmon_pid if not exec_id else 0
+        name = f"{task_id}-{exec_id}" if exec_id else task_id
+        alive = bool(conmon_pid) and conmon_alive(conmon_pid, name)
+        # A conmon that ended while we were away is handled as if it had just exited:
+        # the watch fires at once when the pid is gone.
+        self._watch(namespace, task_id, exec_id, Started(conmon_pid=conmon_pid if alive else 0, pid=pid))
+
+    async def _remove_unowned(self, owned: set[tuple[str, str]]) -> None:
+        if self._tasks_dir.is_dir():
+            for namespace_dir in self._tasks_dir.iterdir():
+                for task_dir in namespace_dir.iterdir():
+                    if (namespace_dir.name, task_dir.name) not in owned:
+                        log.info("removing %s: no task owns it", task_dir)
+                        _kill_stray_conmon(task_dir)
+                        for runtime in self._runtimes.values():
+                            await runtime.delete(task_dir.name)
+                        await asyncio.to_thread(_remove_task_dir, task_dir)
+                        await asyncio.to_thread(remove_cgroup, cgroup_path(namespace_dir.name, task_dir.name))
+                with suppress(OSError):
+                    namespace_dir.rmdir()
+        owned_ids = {task_id for _, task_id in owned}
+        for runtime in self._runtimes.values():
+            for container_id in await runtime.list_ids():
+                if container_id not in owned_ids:
+                    log.info("deleting %s state of %s: no task owns it", runtime.name, container_id)
+                    await runtime.delete(container_id)
+
+    async def close(self) -> None:
+        """Stop watching (the tasks keep running; the next daemon re-adopts them)."""
+        for watch in self._watches.values():
+            watch.close()
+        self._watches.clear()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _runtime(self, name: str) -> OCIRuntime:
+        if name in self._runtimes:
+            return self._runtimes[name]
+        raise CargoholdError(
+            ErrorKind.UNAVAILABLE, self._missing.get(name, f"runtime {name!r} is not available on this host")
+        )
+
+    def _require_conmon(self) -> Conmon:
+        if self._conmon is None:
+            raise CargoholdError(ErrorKind.UNAVAILABLE, self._missing["conmon"])
+        return self._conmon
+
+    def _lock(self, namespace: str, task_id: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, task_id), asyncio.Lock())
+
+    async def _live(self, namespace: str, task_id: str) -> TaskRecord:
+        """The task, unless it is missing or already exiting (both NOT_FOUND)."""
+        if self._conmon is None:
+            self._require_conmon()
+        record = await self._store.get(namespace, task_id)
+        if record.exited:
+            raise task_not_found(namespace, task_id)
+        return record
+
+
+def _exit_from_file(exit_dir: Path, task_id: str, exec_id: str, pid: int) -> Exit:
+    name = f"{task_id}-{exec_id}" if exec_id else task_id
+    status = read_exit_status(exit_dir, name)
+    if status is None:
+        status = read_exit_status(exit_dir, task_id)
+    if status is None:
+        log.warning("no exit file for %s in %s: conmon died without one", name, exit_dir)
+        return _unknown_exit(task_id, exec_id or None, pid)
+    exited_at = datetime.fromtimestamp((exit_dir / (name if (exit_dir / name).exists() else task_id)).stat().st_mtime,
+                                       UTC)
+    return Exit(id=task_id, exec_id=exec_id or None, pid=pid, exit_status=status, exited_at=exited_at)
+
+
+def _unknown_exit(task_id: str, exec_id: str | None, pid: int) -> Exit:
+    return Exit(id=task_id, exec_id=exec_id, pid=pid, exit_status=UNKNOWN_EXIT_STATUS, exited_at=datetime.now(UTC))
+
+
+def _kill_stray_conmon(task_dir: Path) -> None:
+    for pid_file in [task_dir / "conmon.pid", *task_dir.glob("execs/*/conmon.pid")]:
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if conmon_alive(pid, task_dir.name):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+
+
+def _remove_task_dir(task_dir: Path) -> None:
+    if task_dir.exists():
+        for point in mount_points_under(task_dir):
+            unmount(point)
+        shutil.rmtree(task_dir, ignore_errors=True)
+
+
+async def _shielded_thread(function: Callable[..., None], *args: Any) -> None:
+    await asyncio.shield(asyncio.to_thread(function, *args))
