@@ -120,11 +120,12 @@ async def make_container(
     **spec: Any,
 ) -> dict[str, Any]:
     """A container on a fresh active snapshot of `parent`, running `args`."""
-    prepared = await client.post("/snapshots", json={"key": f"{container_id}-rootfs", "parent": parent}, headers=headers)
+    key = f"{container_id}-rootfs"
+    prepared = await client.post("/snapshots", json={"key": key, "parent": parent}, headers=headers)
     assert prepared.status_code == 201, prepared.text
     body = {
         "id": container_id,
-        "snapshot_key": f"{container_id}-rootfs",
+        "snapshot_key": key,
         "runtime": {"name": runtime},
         "spec": {"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": args}, **spec},
     }

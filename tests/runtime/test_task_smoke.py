@@ -12,7 +12,9 @@ from tests.runtime.conftest import import_busybox, make_container
 pytestmark = pytest.mark.anyio
 
 
-async def test_run_to_completion(runtime_client: httpx.AsyncClient, busybox_tar: Path, ns_headers: dict[str, str]) -> None:
+async def test_run_to_completion(
+    runtime_client: httpx.AsyncClient, busybox_tar: Path, ns_headers: dict[str, str]
+) -> None:
     client = runtime_client
     await import_busybox(client, busybox_tar, ns_headers)
     await make_container(client, ns_headers, "hello", ["sh", "-c", "echo hello; echo oops >&2; exit 7"])
