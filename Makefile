@@ -5,7 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit openapi check-openapi clean
+.PHONY: run test lint openapi system-packages clean
+
+# The runtime's Debian packages (runc, crun, conmon; busybox-static for the test rootfs).
+RUNTIME_BINARIES := runc crun conmon busybox
+RUNTIME_PACKAGES := runc crun conmon busybox-static
 
 $(STAMP): requirements.lock requirements-test.lock pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -15,12 +19,20 @@ $(STAMP): requirements.lock requirements-test.lock pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+## system-packages: install the runtime from Debian when missing (needs root)
+system-packages:
+	@missing=$$(for b in $(RUNTIME_BINARIES); do command -v $$b >/dev/null || echo $$b; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $(RUNTIME_PACKAGES) (missing: $$missing)"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(RUNTIME_PACKAGES); \
+	fi
+
 ## run: start the daemon on its defaults (SQLite under /var/lib/cargohold, unix:///run/cargohold/cargohold.sock)
-run: $(STAMP)
+run: $(STAMP) system-packages
 	exec $(BIN)/cargohold serve $(ARGS)
 
 ## test: lint, type-check, OpenAPI drift check, then every test
-test: $(STAMP) lint
+test: $(STAMP) system-packages lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -37,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-file", type=Path, help="bearer token for TCP (default: generated <state>/token)")
     serve.add_argument("--snapshotter", choices=["overlayfs", "native"], help="default: overlayfs where supported")
     serve.add_argument("--import-max-size", type=int, default=8 * 1024**3, metavar="BYTES", help="largest tar import")
+    serve.add_argument(
+        "--log-max-size", type=int, default=16 * 1024 * 1024, metavar="BYTES",
+        help="a task's log is truncated by conmon when it reaches this size",
+    )
+    serve.add_argument(
+        "--allow-bind", action="append", type=Path, default=[], metavar="DIR",
+        help="a host directory container specs may bind-mount from; repeatable (default: none)",
+    )
     serve.add_argument("--metrics-public", action="store_true", help="serve /metrics over TCP without a token")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -64,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_public=args.metrics_public,
         snapshotter=args.snapshotter,
         import_max_bytes=args.import_max_size,
+        log_max_bytes=args.log_max_size,
+        allowed_bind_roots=tuple(path.resolve() for path in args.allow_bind),
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(serve(settings, args.log_level))

@@ -94,7 +94,7 @@ async def open_daemon(
             events=EventService(EventStore(db), bus),
             version=VersionInfo(
                 version=__version__,
-                runtimes=await probe_runtimes(),
+                runtimes=await probe_runtimes(settings.runtime_path),
                 cgroup_mode=cgroup_mode(),
                 snapshotter=default_snapshotter,
             ),
@@ -106,12 +106,12 @@ def find_runtimes(settings: Settings) -> tuple[dict[str, OCIRuntime], Conmon | N
     runtimes: dict[str, OCIRuntime] = {}
     missing: dict[str, str] = {}
     for name in ("runc", "crun"):
-        binary = shutil.which(name)
+        binary = shutil.which(name, path=settings.runtime_path)
         if binary is None:
             missing[name] = f"{name} is not installed on this host (apt-get install {name}); task endpoints need it"
         else:
             runtimes[name] = OCIRuntime(name, binary, settings.state / "runtimes" / name)
-    conmon_binary = shutil.which("conmon")
+    conmon_binary = shutil.which("conmon", path=settings.runtime_path)
     if conmon_binary is None:
         missing["conmon"] = "conmon is not installed on this host (apt-get install conmon); task endpoints need it"
     conmon = Conmon(conmon_binary, settings.log_max_bytes) if conmon_binary else None
@@ -125,11 +125,11 @@ def available_snapshotters() -> dict[str, Snapshotter]:
     return found
 
 
-async def probe_runtimes() -> dict[str, str | None]:
+async def probe_runtimes(search_path: str | None = None) -> dict[str, str | None]:
     """Each runtime binary's version line, or None when it is not installed."""
 
     async def version_of(binary: str) -> str | None:
-        path = shutil.which(binary)
+        path = shutil.which(binary, path=search_path)
         if path is None:
             return None
         process = await asyncio.create_subprocess_exec(

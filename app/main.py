@@ -49,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     app.state.registry = registry
+    app.state.metrics = metrics
     add_problem_handlers(app)
     for module in (containers, namespaces, snapshots, tasks, events, system):
         app.include_router(module.router)

@@ -1,4 +1,4 @@
-"""The daemon's own Prometheus metrics: events published and SSE subscribers.
+"""The daemon's own Prometheus metrics: events published, SSE subscribers, tasks by status.
 
 Registered on the app's own `CollectorRegistry`, so each app (and each test) has its
 own figures. Subscriber counts are read from the bus at scrape time, not kept twice.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -35,9 +35,15 @@ class DaemonMetrics:
         )
         self._subscribers = _SubscriberCollector()
         registry.register(self._subscribers)
+        self._tasks = Gauge("cargohold_tasks", "Tasks, by status", ["status"], registry=registry)
 
     def count_event(self, event: Event) -> None:
         self._events.labels(topic=event.topic).inc()
 
     def count_subscribers_with(self, count: Callable[[], int]) -> None:
         self._subscribers.count = count
+
+    def set_task_counts(self, counts: dict[str, int]) -> None:
+        """Refreshed from the store at each scrape; every status is always present."""
+        for status in ("created", "running", "paused"):
+            self._tasks.labels(status=status).set(counts.get(status, 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ..metrics import DaemonMetrics
 from ..models import Health, VersionInfo
 from .deps import DaemonDep
 
@@ -27,6 +28,8 @@ async def get_version(daemon: DaemonDep) -> VersionInfo:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
 )
-async def get_metrics(request: Request) -> Response:
+async def get_metrics(request: Request, daemon: DaemonDep) -> Response:
     registry: CollectorRegistry = request.app.state.registry
+    metrics: DaemonMetrics = request.app.state.metrics
+    metrics.set_task_counts(await daemon.tasks.count_by_status())
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

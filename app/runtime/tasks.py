@@ -190,6 +190,10 @@ class TaskService:
     async def find(self, namespace: str) -> list[Task]:
         return await self._store.list_in(namespace)
 
+    async def count_by_status(self) -> dict[str, int]:
+        """Live tasks of every namespace by status (for `cargohold_tasks`)."""
+        return await self._store.count_by_status()
+
     async def wait(self, namespace: str, task_id: str, exec_id: str | None = None) -> Exit:
         """The exit of the task (or exec process): waits while it runs, else answers from the
         stored exits. Raises NOT_FOUND when there is neither."""
