@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-bind", action="append", type=Path, default=[], metavar="DIR",
         help="a host directory container specs may bind-mount from; repeatable (default: none)",
     )
+    serve.add_argument("--monitor-interval", type=float, default=1.0, metavar="SECONDS",
+                       help="how often the monitor reads every task's cgroup")
     serve.add_argument("--metrics-public", action="store_true", help="serve /metrics over TCP without a token")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -73,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         snapshotter=args.snapshotter,
         import_max_bytes=args.import_max_size,
         log_max_bytes=args.log_max_size,
+        monitor_interval=args.monitor_interval,
         allowed_bind_roots=tuple(path.resolve() for path in args.allow_bind),
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

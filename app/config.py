@@ -66,6 +66,8 @@ class Settings:
     # Exits kept per namespace for `wait` after the fact: the newest N, none older than the age.
     exit_retention: int = 10_000
     exit_max_age_seconds: float = 24 * 3600
+    # Seconds between two polls of every task's cgroup by the monitor.
+    monitor_interval: float = 1.0
     # Where runc, crun and conmon are looked up (None: $PATH).
     runtime_path: str | None = None
     # Host directories a container spec may bind-mount from.

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from . import __version__
 from .config import Settings
 from .containers import ContainerService
 from .events import EventBus, EventService
 from .models import Event, VersionInfo
+from .monitor.cgroups import detect_mode
+from .monitor.monitor import Monitor
 from .namespaces import NamespaceService
 from .runtime.conmon import Conmon
 from .runtime.oci import OCIRuntime
@@ -45,15 +46,19 @@ class Daemon:
     containers: ContainerService
     snapshots: SnapshotService
     tasks: TaskService
+    monitor: Monitor
     events: EventService
     version: VersionInfo
 
 
 @asynccontextmanager
 async def open_daemon(
-    settings: Settings, on_event: Callable[[Event], None] | None = None
+    settings: Settings,
+    on_event: Callable[[Event], None] | None = None,
+    observe_poll: Callable[[float], None] = lambda seconds: None,
 ) -> AsyncIterator[Daemon]:
-    """Build the daemon; `on_event` sees every published event (the metrics counter)."""
+    """Build the daemon; `on_event` sees every published event, `observe_poll` every
+    monitor poll's duration (the daemon's own metrics)."""
     async with AsyncExitStack() as stack:
         settings.root.mkdir(parents=True, exist_ok=True)
         settings.state.mkdir(parents=True, exist_ok=True)
@@ -69,6 +74,10 @@ async def open_daemon(
         snapshots.snapshotter(default_snapshotter)  # refuse an unknown --snapshotter at start
         container_store = ContainerStore(db, default_snapshotter)
         runtimes, conmon, missing = find_runtimes(settings)
+        mode = detect_mode()
+        monitor = Monitor(mode, settings.monitor_interval, observe_poll)
+        monitor.start()
+        stack.push_async_callback(monitor.close)
         tasks = TaskService(
             TaskStore(db, settings.exit_retention, timedelta(seconds=settings.exit_max_age_seconds)),
             container_store,
@@ -79,6 +88,7 @@ async def open_daemon(
             conmon=conmon,
             missing=missing,
             allowed_bind_roots=list(settings.allowed_bind_roots),
+            monitor=monitor,
         )
         # Tasks first: their rootfs mounts live under the snapshots' data dirs.
         await tasks.recover()
@@ -91,11 +101,12 @@ async def open_daemon(
             containers=ContainerService(container_store, snapshots),
             snapshots=snapshots,
             tasks=tasks,
+            monitor=monitor,
             events=EventService(EventStore(db), bus),
             version=VersionInfo(
                 version=__version__,
                 runtimes=await probe_runtimes(settings.runtime_path),
-                cgroup_mode=cgroup_mode(),
+                cgroup_mode=mode.value,
                 snapshotter=default_snapshotter,
             ),
         )
@@ -142,12 +153,3 @@ async def probe_runtimes(search_path: str | None = None) -> dict[str, str | None
 
     versions = await asyncio.gather(*(version_of(binary) for binary in RUNTIME_BINARIES))
     return dict(zip(RUNTIME_BINARIES, versions, strict=True))
-
-
-def cgroup_mode(mountpoint: Path = Path("/sys/fs/cgroup")) -> str:
-    """`unified` (v2 only), `hybrid` (v1 controllers plus a v2 mount) or `legacy` (v1)."""
-    if (mountpoint / "cgroup.controllers").exists():
-        return "unified"
-    if (mountpoint / "unified" / "cgroup.controllers").exists():
-        return "hybrid"
-    return "legacy"

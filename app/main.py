@@ -25,6 +25,7 @@ from .api.problems import add_problem_handlers
 from .config import Settings
 from .daemon import open_daemon
 from .metrics import DaemonMetrics
+from .monitor.collector import ContainerCollector
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -34,12 +35,18 @@ def _operation_id(route: APIRoute) -> str:
 def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     metrics = DaemonMetrics(registry)
+    containers_collector = ContainerCollector()
+    registry.register(containers_collector)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with open_daemon(settings, on_event=metrics.count_event) as daemon:
+        async with open_daemon(settings, on_event=metrics.count_event, observe_poll=metrics.observe_poll) as daemon:
             metrics.count_subscribers_with(lambda: daemon.bus.subscriber_count)
-            yield {"daemon": daemon}
+            containers_collector.monitor = daemon.monitor
+            try:
+                yield {"daemon": daemon}
+            finally:
+                containers_collector.monitor = None
 
     app = FastAPI(
         title="Cargohold",

@@ -297,6 +297,27 @@ class PidList(BaseModel):
     pids: list[int]
 
 
+class TaskMetrics(BaseModel):
+    """The monitor's latest reading of a task's cgroup; null: not available on this host."""
+
+    container_id: str
+    namespace: str
+    read_at: datetime
+    memory_usage_bytes: int | None
+    memory_limit_bytes: int | None = Field(description="null: unlimited")
+    memory_max_usage_bytes: int | None
+    memory_rss_bytes: int | None
+    memory_cache_bytes: int | None
+    memory_failcnt: int | None
+    oom_kill_count: int | None
+    cpu_usage_seconds: float | None
+    cpu_throttled_seconds: float | None
+    cpu_throttled_periods: int | None
+    pids_current: int | None
+    pids_limit: int | None = Field(description="null: unlimited")
+    blkio_bytes: dict[str, int] = Field(description='bytes by op: "read", "write"')
+
+
 class LogLine(BaseModel):
     time: datetime
     stream: str = Field(description="stdout or stderr")

@@ -10,7 +10,19 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from ..models import ExecCreate, Exit, KillRequest, LogLine, PidList, Process, Task, TaskCreate, TaskList, TaskPatch
+from ..models import (
+    ExecCreate,
+    Exit,
+    KillRequest,
+    LogLine,
+    PidList,
+    Process,
+    Task,
+    TaskCreate,
+    TaskList,
+    TaskMetrics,
+    TaskPatch,
+)
 from .deps import ContainerId, ExecId, NamespaceHeader, Tasks
 from .problems import problems
 
@@ -77,6 +89,13 @@ async def list_task_pids(container_id: ContainerId, namespace: NamespaceHeader, 
 )
 async def update_task(container_id: ContainerId, body: TaskPatch, namespace: NamespaceHeader, tasks: Tasks) -> Task:
     return await tasks.update(namespace, container_id, body.resources)
+
+
+@router.get(
+    "/{container_id}/metrics", summary="The monitor's latest cgroup figures for a task", responses=problems(400, 404)
+)
+async def get_task_metrics(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks) -> TaskMetrics:
+    return await tasks.metrics(namespace, container_id)
 
 
 @router.post(

@@ -16,6 +16,7 @@ Layout: `<state>/tasks/<namespace>/<id>/` (bundle/, conmon's pid files, exit/, e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +29,20 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CargoholdError, ErrorKind, invalid
-from ..models import ExecCreate, Exit, KillRequest, LinuxResources, LogLine, Process, Task, TaskCreate, TaskStatus
+from ..models import (
+    ExecCreate,
+    Exit,
+    KillRequest,
+    LinuxResources,
+    LogLine,
+    Process,
+    Task,
+    TaskCreate,
+    TaskMetrics,
+    TaskStatus,
+)
+from ..monitor.cgroups import CgroupStats
+from ..monitor.monitor import Monitor
 from ..snapshots.mounts import mount_all, mount_points_under, unmount
 from ..snapshots.service import SnapshotService
 from ..store.containers import ContainerStore
@@ -62,6 +76,7 @@ class TaskService:
         conmon: Conmon | None,
         missing: dict[str, str],
         allowed_bind_roots: list[Path],
+        monitor: Monitor,
     ) -> None:
         self._store = store
         self._containers = containers
@@ -72,6 +87,7 @@ class TaskService:
         self._conmon = conmon
         self._missing = missing
         self._allowed_bind_roots = allowed_bind_roots
+        self._monitor = monitor
         self._watches: dict[Key, ExitWatch] = {}
         # Resolved once a watched process's exit is recorded / once its task is deleted.
         self._exited: dict[Key, asyncio.Future[Exit]] = {}
@@ -80,7 +96,6 @@ class TaskService:
         self._handlers: set[asyncio.Task[None]] = set()
         # Held while a task's cgroup parents may be created or removed (see _teardown).
         self._cgroup_lock = asyncio.Lock()
-        self.oom_killed: Callable[[str, str], bool] = lambda namespace, task_id: False
 
     # --- paths --------------------------------------------------------------------
 
@@ -301,6 +316,7 @@ class TaskService:
         self._exited[key] = loop.create_future()
         if not exec_id:
             self._deleted[(namespace, task_id)] = loop.create_future()
+            self._monitor.watch(namespace, task_id, cgroup_path(namespace, task_id), self._on_oom)
         self._watches[key] = ExitWatch(started.conmon_pid, lambda: self._spawn(self._handle_exit(key, started.pid)))
 
     def _spawn(self, coroutine: Any) -> None:
@@ -317,7 +333,8 @@ class TaskService:
             exit_dir = (work_dir / "execs" / exec_id / "exit") if exec_id else work_dir / "exit"
             exit_ = _exit_from_file(exit_dir, task_id, exec_id, pid)
             if not exec_id:
-                exit_ = exit_.model_copy(update={"oom_killed": self.oom_killed(namespace, task_id)})
+                # Read the OOM counter before recording: /tasks/oom must come before /tasks/exit.
+                exit_.oom_killed = await self._monitor.check_oom(namespace, task_id)
             await self._store.record_exit(namespace, exit_)
             self._resolve(key, exit_)
             if not exec_id:
@@ -351,12 +368,31 @@ class TaskService:
 
     async def _teardown(self, namespace: str, task_id: str, runtime_name: str) -> None:
         """Remove the runtime state, the cgroup, the rootfs mount and the task dir."""
+        self._monitor.unwatch(namespace, task_id)
         runtime = self._runtimes.get(runtime_name)
         if runtime is not None:
             await runtime.delete(task_id)
         await asyncio.to_thread(_remove_task_dir, self.task_dir(namespace, task_id))
         async with self._cgroup_lock:
             await asyncio.to_thread(remove_cgroup, cgroup_path(namespace, task_id))
+
+    async def _on_oom(self, namespace: str, task_id: str, stats: CgroupStats) -> None:
+        await self._store.record_oom(namespace, {
+            "container_id": task_id,
+            "oom_kill_count": stats.oom_kill_count,
+            "memory_limit_bytes": stats.memory_limit_bytes,
+            "memory_max_usage_bytes": stats.memory_max_usage_bytes,
+        })
+
+    async def metrics(self, namespace: str, task_id: str) -> TaskMetrics:
+        """The monitor's latest figures (read now if it has none yet). Raises NOT_FOUND."""
+        await self._live(namespace, task_id)
+        figures = self._monitor.latest(namespace, task_id) or await self._monitor.read_now(namespace, task_id)
+        if figures is None:
+            raise CargoholdError(ErrorKind.NOT_FOUND, f'task "{task_id}" has no cgroup figures (it is exiting)')
+        return TaskMetrics(
+            container_id=task_id, namespace=namespace, read_at=figures.read_at, **dataclasses.asdict(figures.stats)
+        )
 
     async def _shielded_runtime_cleanup(self, runtime: OCIRuntime, namespace: str, task_id: str) -> None:
         async def cleanup() -> None:

@@ -210,6 +210,11 @@ class TaskStore:
             })
             await self._prune_exits(tx, namespace)
 
+    async def record_oom(self, namespace: str, payload: dict[str, Any]) -> None:
+        """Append /tasks/oom."""
+        async with self._db.write() as tx:
+            await tx.append_event(namespace, Topic.TASK_OOM, payload)
+
     async def delete(self, namespace: str, task_id: str, exit_: Exit) -> None:
         """Remove the task row (its teardown is done); appends /tasks/delete."""
         async with self._db.write() as tx:

@@ -1,0 +1,1 @@
+"""The monitor: cgroup figures polled per task, OOM kills noticed at once, Prometheus export."""
