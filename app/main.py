@@ -20,8 +20,8 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from . import __version__
 from .api import containers, events, namespaces, snapshots, system, tasks
-from .api.middleware import BodyLimitMiddleware, TokenAuthMiddleware
-from .api.problems import add_problem_handlers
+from .api.middleware import BodyLimitMiddleware, EncodedSlashMiddleware, TokenAuthMiddleware
+from .api.problems import add_problem_handlers, document_problems
 from .config import Settings
 from .daemon import open_daemon
 from .metrics import DaemonMetrics
@@ -55,18 +55,25 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
     )
+    app.openapi = lambda: app.openapi_schema or _openapi(app)  # type: ignore[method-assign]
     app.state.registry = registry
     app.state.metrics = metrics
     add_problem_handlers(app)
     for module in (containers, namespaces, snapshots, tasks, events, system):
         app.include_router(module.router)
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app)
+    app.add_middleware(EncodedSlashMiddleware)
     # The import streams its tar and counts it against its own, larger limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, unlimited={"/snapshots/import"})
     if settings.has_tcp_listener:
         public = {"/healthz", "/metrics"} if settings.metrics_public else {"/healthz"}
         app.add_middleware(TokenAuthMiddleware, token=load_token(settings), public_paths=public)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    app.openapi_schema = document_problems(FastAPI.openapi(app))
+    return app.openapi_schema
 
 
 def load_token(settings: Settings) -> str:

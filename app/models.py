@@ -143,6 +143,17 @@ class NamespaceCreate(_Input):
     labels: Labels = Field(default_factory=dict)
 
 
+class NamespacePatch(_Input):
+    """A JSON merge patch of a namespace: only its labels change (`null` deletes one)."""
+
+    name: str | None = Field(default=None, description="may be given, but must be the current name")
+    labels: dict[str, str | None] | None = None
+
+
+class NamespaceLabels(BaseModel):
+    labels: Labels
+
+
 class Namespace(BaseModel):
     name: str
     labels: dict[str, str]

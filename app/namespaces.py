@@ -6,16 +6,10 @@ it can only be deleted once empty.
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import TypeAdapter
-
 from .errors import invalid
 from .mergepatch import apply_merge_patch
-from .models import Labels, Namespace, NamespaceCreate
+from .models import Namespace, NamespaceCreate, NamespaceLabels, NamespacePatch
 from .store.namespaces import NamespaceStore
-
-_labels = TypeAdapter(Labels)
 
 
 class NamespaceService:
@@ -32,19 +26,16 @@ class NamespaceService:
     async def find(self) -> list[Namespace]:
         return await self._store.list_all()
 
-    async def update(self, name: str, patch: dict[str, Any]) -> Namespace:
-        """Merge-patch the labels (`{"labels": {"k": null}}` deletes k). Only labels change."""
-        unknown = sorted(set(patch) - {"labels", "name"})
-        if unknown:
-            raise invalid(f"only the labels of a namespace can be changed, not {', '.join(unknown)}")
-        if "name" in patch and patch["name"] != name:
+    async def update(self, name: str, patch: NamespacePatch) -> Namespace:
+        """Merge-patch the labels (`{"labels": {"k": null}}` deletes k; `"labels": null` all).
+        Raises INVALID_ARGUMENT for a rename, pydantic's ValidationError for bad labels."""
+        if "name" in patch.model_fields_set and patch.name != name:
             raise invalid("the name of a namespace cannot be changed")
-        if "labels" in patch and patch["labels"] is not None and not isinstance(patch["labels"], dict):
-            raise invalid('"labels" must be an object of string values')
+        fields = patch.model_dump(exclude_unset=True)
 
         def new_labels(current: Namespace) -> dict[str, str]:
-            merged = apply_merge_patch(current.labels, patch.get("labels", {}))
-            return _labels.validate_python(merged if merged is not None else {})
+            merged = apply_merge_patch({"labels": current.labels}, {"labels": fields.get("labels", {})})
+            return NamespaceLabels.model_validate({"labels": merged.get("labels", {})}).labels
 
         return await self._store.update(name, new_labels)
 

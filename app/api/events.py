@@ -42,7 +42,7 @@ def _sse(events: AsyncIterator[Event]) -> AsyncIterator[ServerSentEvent]:
     "`Last-Event-ID` (or `since`): every later event is replayed once, in order, then live "
     "ones follow. Without either, only new events are sent. Idle streams get heartbeat comments.",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **problems(400)},
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, **problems(400)},
 )
 async def stream_events(
     events: Events,

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: bearer-token authentication on TCP, and the request body limit.
+"""Pure ASGI middleware: bearer-token authentication on TCP, the request body limit, and
+routing on raw path segments.
 
 Both answer with problem+json themselves and never buffer a body.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Collection
+from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,18 +67,50 @@ class BodyLimitMiddleware:
             await problem_response(413, self._detail(), ErrorKind.TOO_LARGE.value)(scope, receive, send)
             return
         received = 0
+        exceeded = False
+        answered = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self._max_bytes:
-                    # Raised inside the route, so the problem handlers answer it.
+                    exceeded = True
+                    # The route fails reading the body; whatever it then answers, the
+                    # client gets our 413 instead (see guarded_send).
                     raise CargoholdError(ErrorKind.TOO_LARGE, self._detail())
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered
+            if not exceeded:
+                await send(message)
+            elif not answered and message["type"] == "http.response.start":
+                answered = True
+                await problem_response(413, self._detail(), ErrorKind.TOO_LARGE.value)(scope, receive, send)
+
+        await self.app(scope, limited_receive, guarded_send)
 
     def _detail(self) -> str:
         return f"request body is larger than the limit of {self._max_bytes} bytes"
+
+
+class EncodedSlashMiddleware:
+    """Keep an encoded slash (`%2F`) inside its path segment when routing.
+
+    Starlette routes on the decoded path, so `/containers/..%2Fx` would become
+    `/containers/../x` and match no route (a 404). Every path parameter here is an
+    identifier, so the segment is kept whole (`..%2Fx`) and the identifier check
+    answers 400 naming it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes = scope.get("raw_path") or b""
+        if scope["type"] == "http" and b"%2f" in raw_path.lower():
+            segments = raw_path.split(b"?", 1)[0].decode("latin-1").split("/")
+            path = "/".join(unquote(segment).replace("/", "%2F") for segment in segments)
+            scope = {**scope, "path": path}
+        await self.app(scope, receive, send)

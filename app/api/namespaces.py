@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Response
 
-from ..models import Namespace, NamespaceCreate, NamespaceList
+from ..models import Namespace, NamespaceCreate, NamespaceList, NamespacePatch
 from .deps import NamespaceName, Namespaces
 from .problems import problems
 
@@ -40,7 +40,7 @@ async def get_namespace(name: NamespaceName, namespaces: Namespaces) -> Namespac
 )
 async def update_namespace(
     name: NamespaceName,
-    patch: Annotated[dict[str, Any], Body(media_type="application/merge-patch+json")],
+    patch: Annotated[NamespacePatch, Body(media_type="application/merge-patch+json")],
     namespaces: Namespaces,
 ) -> Namespace:
     return await namespaces.update(name, patch)

@@ -70,15 +70,27 @@ def problem_response(
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries documenting problem+json for each status."""
-    return {
-        status: {
-            "model": Problem,
-            "description": _DESCRIPTIONS[status],
-            "content": {PROBLEM_MEDIA_TYPE: {}},
-        }
-        for status in statuses
-    }
+    """OpenAPI `responses=` entries for each status; `document_problems` gives them their
+    problem+json schema once the whole document is built."""
+    return {status: {"description": _DESCRIPTIONS[status]} for status in statuses}
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make every 4xx/5xx response of an OpenAPI document what the app really sends:
+    `application/problem+json` with the Problem schema (FastAPI's own 422 included)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault("Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
+    content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[0] in "45":
+                    response["content"] = content
+                    if status == "422":
+                        response["description"] = _DESCRIPTIONS[422]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -39,12 +39,13 @@ async def prepare_snapshot(
     "/import",
     status_code=201,
     summary="Import a tar stream as a committed snapshot",
-    description="The body is a tar (plain, gzip, bzip2 or xz), streamed. With `parent`, it is a "
-    "layer applied on that committed snapshot: `.wh.` whiteouts delete what the parent holds.",
+    description="The body is a tar (plain, gzip, bzip2 or xz), streamed; any content type is "
+    "accepted. With `parent`, it is a layer applied on that committed snapshot: `.wh.` "
+    "whiteouts delete what the parent holds.",
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         }
     },
     responses=problems(400, 409, 413, 422),

@@ -26,7 +26,9 @@ async def get_version(daemon: DaemonDep) -> VersionInfo:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Prometheus text format"}
+    },
 )
 async def get_metrics(request: Request, daemon: DaemonDep) -> Response:
     registry: CollectorRegistry = request.app.state.registry

@@ -32,19 +32,24 @@ TASK_PROBLEMS = (400, 404, 409, 503)
 LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "JSON lines (`application/x-ndjson`), or SSE with `Accept: text/event-stream`",
-        "content": {"application/x-ndjson": {"schema": LogLine.model_json_schema()}, "text/event-stream": {}},
+        "content": {
+            "application/x-ndjson": {"schema": LogLine.model_json_schema()},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
     }
 }
 
 
-@router.post("", status_code=201, summary="Create a task for a container", responses=problems(400, 404, 409, 422, 503))
+@router.post(
+    "", status_code=201, summary="Create a task for a container", responses=problems(400, 404, 409, 413, 422, 503)
+)
 async def create_task(body: TaskCreate, namespace: NamespaceHeader, tasks: Tasks, response: Response) -> Task:
     task = await tasks.create(namespace, body)
     response.headers["Location"] = f"/tasks/{task.id}"
     return task
 
 
-@router.get("", summary="List tasks", responses=problems(400))
+@router.get("", summary="List tasks", responses=problems(400, 404))
 async def list_tasks(namespace: NamespaceHeader, tasks: Tasks) -> TaskList:
     return TaskList(tasks=await tasks.find(namespace))
 
@@ -60,7 +65,7 @@ async def start_task(container_id: ContainerId, namespace: NamespaceHeader, task
 
 
 @router.post(
-    "/{container_id}/kill", status_code=204, summary="Signal a task", responses=problems(*TASK_PROBLEMS, 422)
+    "/{container_id}/kill", status_code=204, summary="Signal a task", responses=problems(*TASK_PROBLEMS, 413, 422)
 )
 async def kill_task(container_id: ContainerId, body: KillRequest, namespace: NamespaceHeader, tasks: Tasks) -> Response:
     await tasks.kill(namespace, container_id, body)
@@ -184,7 +189,7 @@ async def start_task_process(
     "/{container_id}/processes/{exec_id}/kill",
     status_code=204,
     summary="Signal an exec process",
-    responses=problems(*TASK_PROBLEMS, 422),
+    responses=problems(*TASK_PROBLEMS, 413, 422),
 )
 async def kill_task_process(
     container_id: ContainerId, exec_id: ExecId, body: KillRequest, namespace: NamespaceHeader, tasks: Tasks

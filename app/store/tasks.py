@@ -17,6 +17,7 @@ from ..errors import CargoholdError, ErrorKind, not_found
 from ..models import Exit, Process, Task, TaskStatus
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
+from .namespaces import namespace_not_found
 
 _PROCESS_WHERE = "SELECT * FROM processes WHERE namespace = ? AND task_id = ? AND exec_id = ?"
 
@@ -97,7 +98,10 @@ class TaskStore:
         return self._task(row, processes)
 
     async def list_in(self, namespace: str) -> list[Task]:
+        """Raises NOT_FOUND for an unknown namespace."""
         rows = await self._db.all("SELECT * FROM tasks WHERE namespace = ? ORDER BY id", namespace)
+        if not rows and await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", namespace) is None:
+            raise namespace_not_found(namespace)
         processes = await self._db.all("SELECT * FROM processes WHERE namespace = ? ORDER BY created_at", namespace)
         return [self._task(row, [p for p in processes if p["task_id"] == row["id"]]).task for row in rows]
 
