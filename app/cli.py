@@ -7,10 +7,11 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import uvicorn
@@ -88,7 +89,7 @@ async def serve(settings: Settings, log_level: str = "info") -> int:
     config = uvicorn.Config(
         create_app(settings), log_level=log_level, timeout_graceful_shutdown=10, lifespan="on"
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     try:
         for listener in settings.listeners:
             log.info("listening on %s", listener.url)
@@ -100,6 +101,22 @@ async def serve(settings: Settings, log_level: str = "info") -> int:
                 with suppress(FileNotFoundError):
                     listener.path.unlink()
     return 0 if server.started else 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus re-raising the caught SIGTERM/SIGINT once it has shut down (which
+    would kill the process before our cleanup and make a clean stop exit with 143)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, self.handle_exit, number, None)
+        try:
+            yield
+        finally:
+            for number in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(number)
 
 
 def _bind(listener: Listener) -> socket.socket:

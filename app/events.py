@@ -137,18 +137,21 @@ class EventService:
                 break
         return EventPage(events=found, last_id=last_id)
 
-    def stream(self, filter_exprs: Sequence[str], since: int | None) -> AsyncIterator[Event]:
-        """Every matching event after `since` (None: from now on), then live ones: in id
-        order, none twice, none missing. Raises INVALID_ARGUMENT for a bad filter at once,
-        before the stream starts."""
-        return self._follow(parse_filters(filter_exprs), since)
+    async def stream(self, filter_exprs: Sequence[str], since: int | None) -> AsyncIterator[Event]:
+        """Every matching event after `since` (None: after the last one stored now), then live
+        ones: in id order, none twice, none missing. The starting point is fixed before this
+        returns, so an event committed once the caller has its stream is never skipped.
+        Raises INVALID_ARGUMENT for a bad filter before anything is streamed."""
+        match = parse_filters(filter_exprs)
+        start = await self._store.last_id() if since is None else since
+        return self._follow(match, start)
 
-    async def _follow(self, match: Filter, since: int | None) -> AsyncIterator[Event]:
+    async def _follow(self, match: Filter, since: int) -> AsyncIterator[Event]:
         # Subscribe before reading the store, so nothing committed in between is missed;
         # ids already sent are skipped instead.
         subscription = self._bus.subscribe()
         try:
-            last_id = await self._store.last_id() if since is None else since
+            last_id = since
             while True:
                 async for event in self._replay(last_id):
                     last_id = event.id

@@ -12,6 +12,7 @@ from ..errors import invalid
 from ..models import Event, EventPage
 from .deps import DaemonDep, Events
 from .problems import problems
+from .sse import event_source
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -21,9 +22,12 @@ FILTER_DOC = (
 )
 
 
+MAX_EVENT_ID = 2**63 - 1  # SQLite's largest integer
+
+
 def _event_id(value: str, name: str) -> int:
-    if not value.isascii() or not value.isdigit():
-        raise invalid(f"{name} must be a non-negative event id, not {value!r}")
+    if not value.isascii() or not value.isdigit() or int(value) > MAX_EVENT_ID:
+        raise invalid(f"{name} must be an event id from 0 to {MAX_EVENT_ID}, not {value!r}")
     return int(value)
 
 
@@ -58,18 +62,15 @@ async def stream_events(
         start = _event_id(since, "since")
     else:
         start = None
-    stream = events.stream(filters, start)
-    settings = daemon.settings
-    return EventSourceResponse(
-        _sse(stream), ping=settings.heartbeat_seconds, send_timeout=settings.sse_send_timeout
-    )
+    stream = await events.stream(filters, start)
+    return event_source(_sse(stream), daemon.settings)
 
 
 @router.get("/history", summary="Read stored events, a page at a time", responses=problems(400, 422))
 async def list_events(
     events: Events,
     filters: Annotated[list[str], Query(alias="filter", description=FILTER_DOC)] = [],  # noqa: B006
-    since: Annotated[int, Query(ge=0, description="events after this id")] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="events after this id")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventPage:
     return await events.history(filters, since, limit)

@@ -25,7 +25,7 @@ class TokenAuthMiddleware:
 
     def __init__(self, app: ASGIApp, token: str, public_paths: Collection[str]) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._token = token.encode()
         self._public_paths = frozenset(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -35,7 +35,9 @@ class TokenAuthMiddleware:
             await self.app(scope, receive, send)
             return
         supplied = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(supplied, self._expected):
+        scheme, _, credentials = supplied.partition(b" ")
+        # The scheme is case-insensitive (RFC 9110 11.1); the token is compared in constant time.
+        if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token):
             await self.app(scope, receive, send)
             return
         detail = (

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
+from ..config import Settings
 from ..models import (
     ExecCreate,
     Exit,
@@ -23,8 +24,9 @@ from ..models import (
     TaskMetrics,
     TaskPatch,
 )
-from .deps import ContainerId, ExecId, NamespaceHeader, Tasks
+from .deps import ContainerId, DaemonDep, ExecId, NamespaceHeader, Tasks
 from .problems import problems
+from .sse import event_source
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -120,14 +122,14 @@ async def delete_task(container_id: ContainerId, namespace: NamespaceHeader, tas
     return await tasks.delete(namespace, container_id)
 
 
-def _log_response(lines: AsyncIterator[LogLine], follow: bool, accept: str | None) -> Response:
+def _log_response(lines: AsyncIterator[LogLine], follow: bool, accept: str | None, settings: Settings) -> Response:
     if follow and accept is not None and "text/event-stream" in accept:
 
         async def frames() -> AsyncIterator[ServerSentEvent]:
             async for line in lines:
                 yield ServerSentEvent(data=line.model_dump_json(), event=line.stream)
 
-        return EventSourceResponse(frames())
+        return event_source(frames(), settings)
 
     async def json_lines() -> AsyncIterator[bytes]:
         async for line in lines:
@@ -151,13 +153,14 @@ async def get_task_logs(
     container_id: ContainerId,
     namespace: NamespaceHeader,
     tasks: Tasks,
+    daemon: DaemonDep,
     tail: LogTail = None,
     since: LogSince = None,
     follow: LogFollow = False,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     lines = await tasks.logs(namespace, container_id, tail=tail, since=since, follow=follow)
-    return _log_response(lines, follow, accept)
+    return _log_response(lines, follow, accept, daemon.settings)
 
 
 @router.post(
@@ -218,10 +221,11 @@ async def get_task_process_logs(
     exec_id: ExecId,
     namespace: NamespaceHeader,
     tasks: Tasks,
+    daemon: DaemonDep,
     tail: LogTail = None,
     since: LogSince = None,
     follow: LogFollow = False,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     lines = await tasks.logs(namespace, container_id, exec_id, tail=tail, since=since, follow=follow)
-    return _log_response(lines, follow, accept)
+    return _log_response(lines, follow, accept, daemon.settings)
