@@ -18,7 +18,7 @@ def overlay_supported() -> bool:
 class OverlaySnapshotter:
     name = "overlayfs"
 
-    def create(self, data: Path, parents: list[Path]) -> None:
+    async def create(self, data: Path, parents: list[Path]) -> None:
         (data / "fs").mkdir(parents=True)
         (data / "work").mkdir()
 

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 class Snapshotter(Protocol):
     name: str
 
-    def create(self, data: Path, parents: list[Path]) -> None:
-        """Make the data dir of a new snapshot over `parents` (nearest first). Blocking."""
+    async def create(self, data: Path, parents: list[Path]) -> None:
+        """Make the data dir of a new snapshot over `parents` (nearest first)."""
 
     def mounts(self, data: Path, parents: list[Path], kind: SnapshotKind) -> list[Mount]:
         """What to mount to see the snapshot."""
@@ -78,7 +78,7 @@ class SnapshotService:
         parents = await self._parent_dirs(namespace, snapshotter.name, body.parent)
         data = self._new_data_dir(snapshotter.name)
         try:
-            await asyncio.to_thread(snapshotter.create, data, parents)
+            await snapshotter.create(data, parents)
             return await self._store.insert(
                 namespace, snapshotter.name, body.key, SnapshotKind(body.kind), body.parent, body.labels, data.name
             )
@@ -135,7 +135,7 @@ class SnapshotService:
         data = self._new_data_dir(snapshotter.name)
         target = data / "mnt"
         try:
-            await asyncio.to_thread(snapshotter.create, data, parents)
+            await snapshotter.create(data, parents)
             target.mkdir()
             await asyncio.to_thread(mount_all, snapshotter.mounts(data, parents, SnapshotKind.ACTIVE), target)
             try:
@@ -298,7 +298,13 @@ def _unmount_and_remove(target: Path) -> None:
     target.rmdir()
 
 
-def _remove_tree(path: Path) -> None:
-    for point in mount_points_under(path) if path.exists() else []:
-        unmount(point)
-    shutil.rmtree(path, ignore_errors=True)
+def _remove_tree(path: Path, attempts: int = 5) -> None:
+    """Unmount and delete `path`. Retried: something may still be writing into it."""
+    for _ in range(attempts):
+        if not path.exists():
+            return
+        for point in mount_points_under(path):
+            unmount(point)
+        shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        log.warning("could not remove %s entirely; it is removed at the next start", path)
