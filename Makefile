@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint openapi system-packages clean
+.PHONY: run test lint openapi system-packages test-packages clean
 
 # The runtime's Debian packages (runc, crun, conmon; busybox-static for the test rootfs).
 RUNTIME_BINARIES := runc crun conmon busybox
@@ -27,12 +27,17 @@ system-packages:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(RUNTIME_PACKAGES); \
 	fi
 
+## test-packages: also a real Prometheus, which the integration test scrapes with
+test-packages: system-packages
+	@command -v prometheus >/dev/null || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
+
 ## run: start the daemon on its defaults (SQLite under /var/lib/cargohold, unix:///run/cargohold/cargohold.sock)
 run: $(STAMP) system-packages
 	exec $(BIN)/cargohold serve $(ARGS)
 
 ## test: lint, type-check, OpenAPI drift check, then every test
-test: $(STAMP) system-packages lint
+test: $(STAMP) test-packages lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -24,6 +24,9 @@ from .oom import OomEventfd
 log = logging.getLogger(__name__)
 
 TaskKey = tuple[str, str]  # (namespace, container id)
+# After an OOM signal, how often and how long to look for the kill to be counted.
+OOM_RECHECKS = 50
+OOM_RECHECK_SECONDS = 0.004
 OnOom = Callable[[str, str, CgroupStats], Awaitable[None]]
 
 
@@ -126,6 +129,20 @@ class Monitor:
             await self._report_oom(namespace, container_id, watched, stats)
         return watched.oom_reported > 0
 
+    async def _check_oom_after_signal(self, namespace: str, container_id: str) -> bool:
+        """The v1 eventfd fires when the cgroup hits OOM, a moment before the kernel counts
+        the kill (and also when the cgroup is removed): look again briefly until it shows."""
+        for _ in range(OOM_RECHECKS):
+            watched = self._watched.get((namespace, container_id))
+            if watched is None:
+                return False
+            before = watched.oom_reported
+            await self.check_oom(namespace, container_id)
+            if watched.oom_reported > before:
+                return True
+            await asyncio.sleep(OOM_RECHECK_SECONDS)
+        return False
+
     # --- internals ------------------------------------------------------------------
 
     def _read(self, cgroup: str) -> CgroupStats | None:
@@ -135,7 +152,7 @@ class Monitor:
 
     def _notify(self, namespace: str, container_id: str) -> None:
         notification = asyncio.get_running_loop().create_task(
-            self.check_oom(namespace, container_id), name="monitor.oom"
+            self._check_oom_after_signal(namespace, container_id), name="monitor.oom"
         )
         self._notifications.add(notification)
         notification.add_done_callback(self._notifications.discard)
@@ -175,8 +192,9 @@ class Monitor:
                 continue
             entry.failing = False
             self._latest[key] = Figures(stats=stats, read_at=now)
-            if self._mode.uses_v2 or entry.eventfd is None:
-                await self._report_oom(key[0], key[1], entry, stats)
+            # Also with an eventfd: it can fire before the kernel counts the kill, and then
+            # the poll is what catches it.
+            await self._report_oom(key[0], key[1], entry, stats)
 
     def _read_all(self, cgroups: dict[TaskKey, str]) -> dict[TaskKey, CgroupStats | None]:
         readings: dict[TaskKey, CgroupStats | None] = {}

@@ -123,8 +123,7 @@ class TaskService:
                 ErrorKind.VALIDATION,
                 f'container "{container.id}" has no root filesystem: set its snapshot_key to a prepared snapshot',
             )
-        if await self._store.exists(namespace, container.id):
-            raise CargoholdError(ErrorKind.CONFLICT, f'container "{container.id}" already has a task')
+        await self._await_previous(namespace, container.id)
         task_dir = self.task_dir(namespace, container.id)
         bundle = task_dir / "bundle"
         rootfs = bundle / "rootfs"
@@ -144,6 +143,18 @@ class TaskService:
             self._watch(namespace, container.id, "", started)  # before any await: wait() relies on it
             undo.pop_all()
         return task
+
+    async def _await_previous(self, namespace: str, task_id: str) -> None:
+        """Raise CONFLICT if the container has a live task; if its last task has exited but is
+        still being torn down, wait for that (a client that saw the exit may start anew)."""
+        previous = await self._store.find(namespace, task_id)
+        if previous is None:
+            return
+        deleted = self._deleted.get((namespace, task_id))
+        if not previous.exited or deleted is None:
+            raise CargoholdError(ErrorKind.CONFLICT, f'container "{task_id}" already has a task')
+        async with asyncio.timeout(DELETE_TIMEOUT_SECONDS):
+            await asyncio.shield(deleted)
 
     async def start(self, namespace: str, task_id: str) -> Task:
         """Appends /tasks/start. Raises CONFLICT unless the task is created (not yet started)."""

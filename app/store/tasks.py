@@ -85,6 +85,12 @@ class TaskStore:
             await tx.append_event(namespace, Topic.TASK_CREATE, {"container_id": task_id, "pid": pid})
             return (await self._get_in(tx, namespace, task_id)).task
 
+    async def find(self, namespace: str, task_id: str) -> TaskRecord | None:
+        try:
+            return await self.get(namespace, task_id)
+        except CargoholdError:
+            return None
+
     async def exists(self, namespace: str, task_id: str) -> bool:
         return await self._db.one("SELECT 1 FROM tasks WHERE namespace = ? AND id = ?", namespace, task_id) is not None
 
@@ -99,7 +105,8 @@ class TaskStore:
 
     async def list_in(self, namespace: str) -> list[Task]:
         """Raises NOT_FOUND for an unknown namespace."""
-        rows = await self._db.all("SELECT * FROM tasks WHERE namespace = ? ORDER BY id", namespace)
+        # An exited task is on its way out (teardown running): it is no longer listed.
+        rows = await self._db.all("SELECT * FROM tasks WHERE namespace = ? AND exited = 0 ORDER BY id", namespace)
         if not rows and await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", namespace) is None:
             raise namespace_not_found(namespace)
         processes = await self._db.all("SELECT * FROM processes WHERE namespace = ? ORDER BY created_at", namespace)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -67,11 +68,25 @@ def leftovers(settings: Settings) -> dict[str, Any]:
     found = {
         "conmon": conmon_pids_under(settings.state),
         "runc state": runc_states,
-        "cgroups": [str(p) for p in leftover_cgroups()],
+        "cgroups": [str(p) for p in leftover_cgroups() if _cgroup_namespace(p) in namespaces_of(settings)],
         "mounts": [str(p) for p in mount_points_under(settings.root)] if settings.root.exists() else [],
         "task dirs": task_dirs,
     }
     return {kind: items for kind, items in found.items() if items}
+
+
+def namespaces_of(settings: Settings) -> set[str]:
+    """The namespaces this daemon's database knows (cgroups of others are not ours to judge:
+    other daemons may run tests on the same machine)."""
+    if not settings.database_path.exists():
+        return set()
+    with sqlite3.connect(settings.database_path) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM namespaces")}
+
+
+def _cgroup_namespace(path: Path) -> str | None:
+    parts = path.parts
+    return parts[parts.index("cargohold") + 1] if "cargohold" in parts[:-1] else None
 
 
 @pytest.fixture
