@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint openapi system-packages test-packages clean
+.PHONY: run test lint openapi system-packages test-packages bench clean
 
 # The runtime's Debian packages (runc, crun, conmon; busybox-static for the test rootfs).
 RUNTIME_BINARIES := runc crun conmon busybox
@@ -41,8 +41,12 @@ test: $(STAMP) test-packages lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests
+	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy
+
+## bench: the workloads against the physical floor (bare runc run); writes bench/results.json
+bench: $(STAMP) system-packages
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## openapi: regenerate openapi/openapi.json from the app (commit the result)
 openapi: $(STAMP)

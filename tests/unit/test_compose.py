@@ -12,10 +12,14 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+# Parsed YAML: mappings of whatever the file holds.
+Yaml = dict[str, Any]
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -100,8 +104,8 @@ def single_option(argv: list[str], name: str) -> str:
     return values[0]
 
 
-def parse_volume(entry: str | dict) -> dict:
-    """Normalise a compose volume (short or long syntax) to one dict."""
+def parse_volume(entry: str | Yaml) -> Yaml:
+    """Normalise a compose volume (short or long syntax) to one Yaml."""
     if isinstance(entry, dict):
         source = entry.get("source")
         kind = entry.get("type") or ("bind" if _is_path(source) else "volume")
@@ -130,10 +134,10 @@ def parse_volume(entry: str | dict) -> dict:
 
 
 def _is_path(source: str | None) -> bool:
-    return bool(source) and source.startswith(("/", ".", "~"))
+    return source is not None and source.startswith(("/", ".", "~"))
 
 
-def container_ports(entry: str | int | dict) -> tuple[int, str | None]:
+def container_ports(entry: str | int | Yaml) -> tuple[int, str | None]:
     """(container port, published host port) of a compose ``ports`` entry."""
     if isinstance(entry, dict):
         published = entry.get("published")
@@ -153,7 +157,7 @@ def container_ports(entry: str | int | dict) -> tuple[int, str | None]:
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
+def compose() -> Yaml:
     assert COMPOSE.is_file(), f"{COMPOSE} is missing"
     data = yaml.safe_load(COMPOSE.read_text())
     assert isinstance(data, dict), "docker-compose.yml must be a YAML mapping"
@@ -164,19 +168,21 @@ def compose() -> dict:
 
 
 @pytest.fixture(scope="module")
-def service(compose: dict) -> dict:
+def service(compose: Yaml) -> Yaml:
     assert SERVICE in compose["services"], (
         f"no '{SERVICE}' service in docker-compose.yml"
     )
-    return compose["services"][SERVICE]
+    found: Yaml = compose["services"][SERVICE]
+    return found
 
 
 @pytest.fixture(scope="module")
-def prometheus(compose: dict) -> dict:
+def prometheus(compose: Yaml) -> Yaml:
     assert PROMETHEUS in compose["services"], (
         f"no '{PROMETHEUS}' service in docker-compose.yml"
     )
-    return compose["services"][PROMETHEUS]
+    found: Yaml = compose["services"][PROMETHEUS]
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -209,12 +215,12 @@ def tcp_listen(serve_args: list[str]) -> tuple[str, int]:
 
 
 @pytest.fixture(scope="module")
-def service_volumes(service: dict) -> list[dict]:
+def service_volumes(service: Yaml) -> list[Yaml]:
     return [parse_volume(v) for v in service.get("volumes", [])]
 
 
 @pytest.fixture(scope="module")
-def prometheus_config_path(prometheus: dict) -> Path:
+def prometheus_config_path(prometheus: Yaml) -> Path:
     mounts = [
         parse_volume(v)
         for v in prometheus.get("volumes", [])
@@ -228,11 +234,11 @@ def prometheus_config_path(prometheus: dict) -> Path:
         f"prometheus config must be a bind mount, got {mount}"
     )
     assert mount["read_only"], f"prometheus config should be mounted read-only: {mount}"
-    return (REPO / mount["source"]).resolve()
+    return (REPO / str(mount["source"])).resolve()
 
 
 @pytest.fixture(scope="module")
-def scrape_job(prometheus_config_path: Path) -> dict:
+def scrape_job(prometheus_config_path: Path) -> Yaml:
     assert prometheus_config_path.is_file(), (
         f"prometheus mounts {prometheus_config_path}, which is not in the repo"
     )
@@ -244,7 +250,8 @@ def scrape_job(prometheus_config_path: Path) -> dict:
     assert len(jobs) == 1, (
         f"expected one scrape job named '{SERVICE}' in {prometheus_config_path}"
     )
-    return jobs[0]
+    job: Yaml = jobs[0]
+    return job
 
 
 # ---------------------------------------------------------------- parser self-tests
@@ -287,14 +294,14 @@ def test_compose_entry_parsers() -> None:
 # ---------------------------------------------------------------- compose: cargohold
 
 
-def test_compose_parses_with_both_services(compose: dict) -> None:
+def test_compose_parses_with_both_services(compose: Yaml) -> None:
     for name in (SERVICE, PROMETHEUS):
         assert name in compose["services"], (
             f"service '{name}' missing from docker-compose.yml"
         )
 
 
-def test_cargohold_builds_from_repo_dockerfile(service: dict) -> None:
+def test_cargohold_builds_from_repo_dockerfile(service: Yaml) -> None:
     build = service.get("build")
     assert build is not None, "cargohold service must build the image"
     context = build if isinstance(build, str) else build.get("context", ".")
@@ -311,11 +318,11 @@ def test_cargohold_builds_from_repo_dockerfile(service: dict) -> None:
     )
 
 
-def test_cargohold_is_privileged(service: dict) -> None:
+def test_cargohold_is_privileged(service: Yaml) -> None:
     assert service.get("privileged") is True, "runc needs a privileged container"
 
 
-def test_cgroup_tree_mounted_read_write(service_volumes: list[dict]) -> None:
+def test_cgroup_tree_mounted_read_write(service_volumes: list[Yaml]) -> None:
     mounts = [v for v in service_volumes if v["target"] == "/sys/fs/cgroup"]
     assert mounts, "/sys/fs/cgroup is not mounted into the cargohold container"
     assert mounts[0]["source"] == "/sys/fs/cgroup", (
@@ -325,7 +332,7 @@ def test_cgroup_tree_mounted_read_write(service_volumes: list[dict]) -> None:
 
 
 def test_cmd_root_dir_is_a_named_volume(
-    serve_args: list[str], service_volumes: list[dict], compose: dict
+    serve_args: list[str], service_volumes: list[Yaml], compose: Yaml
 ) -> None:
     root = single_option(serve_args, "--root")
     mounts = [v for v in service_volumes if v["target"] == root]
@@ -339,7 +346,7 @@ def test_cmd_root_dir_is_a_named_volume(
 
 
 def test_cmd_state_dir_is_bind_mounted_from_host(
-    serve_args: list[str], service_volumes: list[dict]
+    serve_args: list[str], service_volumes: list[Yaml]
 ) -> None:
     state = single_option(serve_args, "--state")
     mounts = [v for v in service_volumes if v["target"] == state]
@@ -364,7 +371,7 @@ def test_unix_socket_lives_in_the_mounted_state_dir(serve_args: list[str]) -> No
         )
 
 
-def test_named_volumes_declared_at_top_level(compose: dict) -> None:
+def test_named_volumes_declared_at_top_level(compose: Yaml) -> None:
     declared = set((compose.get("volumes") or {}).keys())
     for name, svc in compose["services"].items():
         for entry in svc.get("volumes", []):
@@ -386,7 +393,7 @@ def test_tcp_listener_reachable_from_outside_the_container(
 
 
 def test_published_port_is_the_tcp_listen_port(
-    service: dict, tcp_listen: tuple[str, int]
+    service: Yaml, tcp_listen: tuple[str, int]
 ) -> None:
     _, port = tcp_listen
     targets = [container_ports(p)[0] for p in service.get("ports", [])]
@@ -409,7 +416,7 @@ def test_dockerfile_exposes_the_tcp_listen_port(tcp_listen: tuple[str, int]) -> 
 
 
 def test_healthchecks_probe_healthz_on_listen_port(
-    service: dict, tcp_listen: tuple[str, int]
+    service: Yaml, tcp_listen: tuple[str, int]
 ) -> None:
     _, port = tcp_listen
     url_part = f":{port}/healthz"
@@ -428,7 +435,7 @@ def test_healthchecks_probe_healthz_on_listen_port(
 
 
 def test_metrics_are_public_for_tokenless_scrape(
-    serve_args: list[str], scrape_job: dict
+    serve_args: list[str], scrape_job: Yaml
 ) -> None:
     has_auth = any(
         k in scrape_job for k in ("authorization", "bearer_token", "bearer_token_file")
@@ -442,7 +449,7 @@ def test_metrics_are_public_for_tokenless_scrape(
 # ---------------------------------------------------------------- compose: prometheus
 
 
-def test_prometheus_service(prometheus: dict) -> None:
+def test_prometheus_service(prometheus: Yaml) -> None:
     image = prometheus.get("image", "")
     assert image.split(":")[0] == "prom/prometheus", (
         f"unexpected prometheus image {image!r}"
@@ -463,7 +470,7 @@ def test_prometheus_config_file_exists(prometheus_config_path: Path) -> None:
 
 
 def test_scrape_target_is_the_service_and_listen_port(
-    scrape_job: dict, compose: dict, tcp_listen: tuple[str, int]
+    scrape_job: Yaml, compose: Yaml, tcp_listen: tuple[str, int]
 ) -> None:
     _, port = tcp_listen
     targets = [

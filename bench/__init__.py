@@ -1,0 +1,1 @@
+"""Cargohold's benchmark harness (`make bench`)."""

@@ -1,0 +1,487 @@
+"""`make bench`: Cargohold's workloads against the physical floor, in the same run.
+
+Each workload runs against a real daemon (`cargohold serve`, a subprocess) on a unix
+socket, driven from this one client process with httpx, after a warm-up; it reports p50,
+p95 and max, and beside it the floor measured in the same run (a bare `runc run` of the
+same bundle; a bare eventfd on memory.oom_control). The table is printed and written to
+bench/results.json. These machines are shared and noisy: read the ratios.
+
+    python -m bench.run [--runs 50] [--only W1,W3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.rootfs import write_busybox_tar  # noqa: E402
+
+BASE_URL = "http://cargohold"
+OOM_SCRIPT = "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"
+
+
+# --- measuring ------------------------------------------------------------------------
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "max": ordered[-1],
+        "n": len(ordered),
+    }
+
+
+@dataclass
+class Report:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, workload: str, metric: str, unit: str, value: Any, floor: Any = None, note: str = "") -> None:
+        self.rows.append({"workload": workload, "metric": metric, "unit": unit, "value": value,
+                          "floor": floor, "note": note})
+
+    def print(self) -> None:
+        header = ("workload", "metric", "p50/value", "p95", "max", "floor p50", "ratio")
+        print("\n{:<4} {:<44} {:>12} {:>10} {:>10} {:>10} {:>7}".format(*header))
+        for row in self.rows:
+            value, floor = row["value"], row["floor"]
+            if isinstance(value, dict):
+                p50, p95, top = (f"{value[k]:.2f}" for k in ("p50", "p95", "max"))
+            else:
+                p50, p95, top = (f"{value:.2f}" if isinstance(value, float) else str(value)), "", ""
+            floor_p50 = floor["p50"] if isinstance(floor, dict) else floor
+            ratio = ""
+            if isinstance(value, dict) and floor_p50:
+                ratio = f"{value['p50'] / floor_p50:.2f}x"
+            floor_text = f"{floor_p50:.2f}" if isinstance(floor_p50, float) else ""
+            print(f"{row['workload']:<4} {row['metric'] + ' (' + row['unit'] + ')':<44} {p50:>12} {p95:>10} {top:>10} "
+                  f"{floor_text:>10} {ratio:>7}  {row['note']}")
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+# --- the daemon under test ----------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    socket: Path
+    root: Path
+    state: Path
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
+        return httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=120, **kwargs)
+
+
+@asynccontextmanager
+async def daemon(work: Path, *extra: str) -> AsyncIterator[Daemon]:
+    root, state = work / "root", work / "state"
+    sock = state / "cargohold.sock"
+    work.mkdir(parents=True, exist_ok=True)
+    log = open(work / "daemon.log", "ab")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "cargohold"), "serve", "--root", str(root), "--state", str(state),
+         "--listen", f"unix://{sock}", "--log-level", "warning", *extra],
+        stdout=log, stderr=log,
+    )
+    handle = Daemon(process, sock, root, state)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                async with handle.client() as client:
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+            except (httpx.TransportError, OSError):
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"the daemon did not start; see {work / 'daemon.log'}")
+            await asyncio.sleep(0.05)
+        yield handle
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def conmon_pids(state: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"conmon") and any(str(state).encode() in a for a in argv):
+                found.append(int(entry.name))
+    return found
+
+
+# --- helpers over the API --------------------------------------------------------------------
+
+
+async def expect(response: Awaitable[httpx.Response], status: int) -> httpx.Response:
+    result = await response
+    if result.status_code != status:
+        raise RuntimeError(f"{result.request.method} {result.request.url.path}: {result.status_code} {result.text}")
+    return result
+
+
+def spec(args: list[str], memory_limit: int | None = None) -> dict[str, Any]:
+    document: dict[str, Any] = {"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": args}}
+    if memory_limit is not None:
+        document["linux"] = {"resources": {"memory": {"limit": memory_limit}}}
+    return document
+
+
+async def make_container(
+    client: httpx.AsyncClient, name: str, args: list[str], memory_limit: int | None = None
+) -> None:
+    await expect(client.post("/snapshots", json={"key": name, "parent": "busybox"}), 201)
+    await expect(client.post("/containers", json={"id": name, "snapshot_key": name,
+                                                   "spec": spec(args, memory_limit)}), 201)
+
+
+# --- floors: the runtime alone ------------------------------------------------------------------
+
+
+def write_bundle(bundle: Path, rootfs_tar: Path, args: list[str], cgroup: str, memory_limit: int | None = None) -> None:
+    (bundle / "rootfs").mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-xf", str(rootfs_tar), "-C", str(bundle / "rootfs")], check=True)
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True, cwd=bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = args
+    config["linux"]["cgroupsPath"] = cgroup
+    if memory_limit is not None:
+        config["linux"].setdefault("resources", {})["memory"] = {"limit": memory_limit}
+    (bundle / "config.json").write_text(json.dumps(config))
+
+
+def bare_runc_run(bundle: Path, state: Path, runs: int) -> list[float]:
+    samples = []
+    for index in range(runs):
+        started = time.perf_counter()
+        subprocess.run(["runc", f"--root={state}", "run", "--bundle", str(bundle), f"floor{index}"],
+                       check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def bare_oom_notice(bundle: Path, state: Path, name: str) -> float:
+    """runc create + start of the OOM script, with our own eventfd: start-return -> eventfd."""
+    subprocess.run(["runc", f"--root={state}", "create", "--bundle", str(bundle), name], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    memory = Path("/sys/fs/cgroup/memory") / f"cargohold-bench/{name}"
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    control = os.open(memory / "memory.oom_control", os.O_RDONLY)
+    (memory / "cgroup.event_control").write_text(f"{efd} {control}")
+    loop = asyncio.get_running_loop()
+    fired: asyncio.Future[float] = loop.create_future()
+
+    def signalled() -> None:
+        if not fired.done():
+            fired.set_result(time.perf_counter())
+
+    loop.add_reader(efd, signalled)
+    try:
+        subprocess.run(["runc", f"--root={state}", "start", name], check=True)
+        started = time.perf_counter()
+        return await asyncio.wait_for(fired, 30) - started
+    finally:
+        loop.remove_reader(efd)
+        os.close(efd)
+        os.close(control)
+        subprocess.run(["runc", f"--root={state}", "delete", "--force", name], check=False)
+
+
+# --- workloads ---------------------------------------------------------------------------------
+
+
+async def w1_run_to_completion(d: Daemon, work: Path, tar: Path, runs: int, report: Report) -> None:
+    bundle = work / "floor-bundle"
+    write_bundle(bundle, tar, ["/bin/true"], "/cargohold-bench/w1")
+    floor_state = work / "floor-runc"
+    bare_runc_run(bundle, floor_state, 3)  # warm-up
+    phases: dict[str, list[float]] = {k: [] for k in ("prepare+container", "task create", "start", "wait", "delete")}
+    totals = []
+    async with d.client() as client:
+        for index in range(runs + 3):
+            name = f"w1-{index}"
+            t0 = time.perf_counter()
+            await make_container(client, name, ["/bin/true"])
+            t1 = time.perf_counter()
+            await expect(client.post("/tasks", json={"container_id": name}), 201)
+            t2 = time.perf_counter()
+            await expect(client.post(f"/tasks/{name}/start"), 200)
+            t3 = time.perf_counter()
+            await expect(client.post(f"/tasks/{name}/wait"), 200)
+            t4 = time.perf_counter()
+            await delete_container(client, name)
+            t5 = time.perf_counter()
+            if index < 3:
+                continue  # warm-up
+            for phase, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                phases[phase].append(ms(seconds))
+            totals.append(ms(t5 - t0))
+    floor = [ms(s) for s in bare_runc_run(bundle, floor_state, runs)]
+    report.add("W1", "run to completion", "ms", summary(totals), summary(floor), f"{runs} sequential runs")
+    for phase, samples in phases.items():
+        report.add("W1", f"  phase: {phase}", "ms", summary(samples))
+
+
+async def delete_container(client: httpx.AsyncClient, name: str) -> None:
+    """The container goes once its task's teardown has finished (exit means delete)."""
+    for _ in range(500):
+        response = await client.delete(f"/containers/{name}")
+        if response.status_code == 204:
+            return
+        if response.status_code != 409:
+            raise RuntimeError(response.text)
+        await asyncio.sleep(0.002)
+    raise RuntimeError(f"container {name} still has a task")
+
+
+async def timed_ops(count: int, operation: Callable[[int], Awaitable[Any]], concurrency: int = 16) -> float:
+    """Operations per second for `count` calls of `operation`, `concurrency` in flight."""
+    queue = iter(range(count))
+
+    async def worker() -> None:
+        for index in queue:
+            await operation(index)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return count / (time.perf_counter() - started)
+
+
+async def w2_metadata(d: Daemon, report: Report, quick: bool) -> None:
+    spec_doc = spec(["/bin/true"])
+    count = 1000
+    async with d.client(limits=httpx.Limits(max_connections=32)) as client:
+        headers = {"Cargohold-Namespace": "w2"}
+
+        def body(index: int) -> dict[str, Any]:
+            return {"id": f"c{index}", "spec": spec_doc,
+                    "labels": {"app": f"app{index % 10}", "tier": "web", "index": str(index)}}
+
+        creates = await timed_ops(
+            count, lambda i: expect(client.post("/containers", json=body(i), headers=headers), 201)
+        )
+        gets = await timed_ops(count, lambda i: expect(client.get(f"/containers/c{i}", headers=headers), 200))
+        patches = await timed_ops(count, lambda i: expect(client.patch(
+            f"/containers/c{i}", json={"labels": {"tier": "db"}}, headers=headers), 200))
+        list_all = [ms(await timed(client.get("/containers", headers=headers))) for _ in range(20)]
+        list_filtered = [ms(await timed(client.get("/containers", params={"filter": "labels.app==app3"},
+                                                    headers=headers))) for _ in range(20)]
+        deletes = await timed_ops(count, lambda i: expect(client.delete(f"/containers/c{i}", headers=headers), 204))
+        report.add("W2", "create 1,000 (3 labels each)", "ops/s", round(creates, 1), None, "16 in flight")
+        report.add("W2", "get", "ops/s", round(gets, 1))
+        report.add("W2", "patch one label", "ops/s", round(patches, 1))
+        report.add("W2", "delete", "ops/s", round(deletes, 1))
+        report.add("W2", "list 1,000 (full specs)", "ms", summary(list_all))
+        report.add("W2", "list filtered to 100 of 1,000", "ms", summary(list_filtered))
+        big = 2000 if quick else 10_000
+        await timed_ops(big, lambda i: expect(client.post("/containers", json={
+            "id": f"b{i}", "spec": spec_doc, "labels": {"group": f"g{i % (big // 100)}"}},
+            headers={"Cargohold-Namespace": "w2big"}), 201))
+        big_filtered = [ms(await timed(client.get("/containers", params={"filter": "labels.group==g7"},
+                                                   headers={"Cargohold-Namespace": "w2big"}))) for _ in range(20)]
+        report.add("W2", f"list filtered to 100 of {big:,}", "ms", summary(big_filtered))
+
+
+async def timed(response: Awaitable[httpx.Response]) -> float:
+    started = time.perf_counter()
+    result = await response
+    if result.status_code != 200:
+        raise RuntimeError(result.text)
+    return time.perf_counter() - started
+
+
+async def w3_oom_notice(d: Daemon, work: Path, tar: Path, runs: int, report: Report) -> None:
+    bundle = work / "oom-bundle"
+    write_bundle(bundle, tar, ["sh", "-c", OOM_SCRIPT], "/cargohold-bench/oom", 32 * 1024 * 1024)
+    floors = []
+    for index in range(runs):
+        config = json.loads((bundle / "config.json").read_text())
+        config["linux"]["cgroupsPath"] = f"/cargohold-bench/oom{index}"
+        (bundle / "config.json").write_text(json.dumps(config))
+        floors.append(ms(await bare_oom_notice(bundle, work / "oom-runc", f"oom{index}")))
+    subprocess.run(["sh", "-c", "for h in /sys/fs/cgroup/*/cargohold-bench; do find $h -depth -type d "
+                    "-exec rmdir {} \\; ; done 2>/dev/null"], check=False)
+    samples = []
+    async with d.client() as client, d.client() as watcher:
+        for index in range(runs):
+            name = f"w3-{index}"
+            await make_container(client, name, ["sh", "-c", OOM_SCRIPT], 32 * 1024 * 1024)
+            await expect(client.post("/tasks", json={"container_id": name}), 201)
+            seen: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            ready = asyncio.Event()
+
+            async def subscribe(name: str = name, seen: asyncio.Future[float] = seen,
+                                ready: asyncio.Event = ready) -> None:
+                params = {"filter": f'topic=="/tasks/oom",event.container_id=={name}'}
+                async with watcher.stream("GET", "/events", params=params) as stream:
+                    ready.set()
+                    async for line in stream.aiter_lines():
+                        if line.startswith("data:"):
+                            seen.set_result(time.perf_counter())
+                            return
+
+            subscriber = asyncio.create_task(subscribe())
+            await ready.wait()
+            await expect(client.post(f"/tasks/{name}/start"), 200)
+            started = time.perf_counter()
+            samples.append(ms(await asyncio.wait_for(seen, 30) - started))
+            await subscriber
+            await expect(client.post(f"/tasks/{name}/wait"), 200)
+            await delete_container(client, name)
+    report.add("W3", "OOM kill -> /tasks/oom at an SSE subscriber", "ms", summary(samples), summary(floors),
+               f"{runs} runs; floor: bare runc + own eventfd")
+
+
+async def w4_footprint(d: Daemon, report: Report, quick: bool) -> None:
+    idle = rss_kib(d.process.pid) / 1024
+    report.add("W4", "daemon RSS idle", "MiB", round(idle, 1))
+    tasks = 10 if quick else 50
+    async with d.client() as client:
+        for index in range(tasks):
+            name = f"w4-{index}"
+            await make_container(client, name, ["sleep", "3600"])
+            await expect(client.post("/tasks", json={"container_id": name}), 201)
+            await expect(client.post(f"/tasks/{name}/start"), 200)
+        await asyncio.sleep(2)
+        daemon_rss = rss_kib(d.process.pid) / 1024
+        conmons = conmon_pids(d.state)
+        conmon_rss = sum(rss_kib(pid) for pid in conmons) / 1024
+        window = 10 if quick else 30
+        before = cpu_seconds(d.process.pid)
+        await asyncio.sleep(window)
+        share = (cpu_seconds(d.process.pid) - before) / window * 100
+        report.add("W4", f"daemon RSS with {tasks} tasks", "MiB", round(daemon_rss, 1))
+        report.add("W4", f"+ {len(conmons)} conmon RSS", "MiB", round(conmon_rss, 1),
+                   None, f"{(daemon_rss - idle + conmon_rss) / tasks:.2f} MiB per task beyond idle")
+        report.add("W4", f"daemon CPU over {window} s, monitor at 1 s", "% of a core", round(share, 2))
+        for index in range(tasks):
+            await expect(client.delete(f"/tasks/w4-{index}"), 200)
+            await delete_container(client, f"w4-{index}")
+
+
+async def w5_fanout(d: Daemon, report: Report) -> None:
+    subscribers = 20
+    containers = 100
+    expected = 2 * containers
+    counts = [0] * subscribers
+    done_at: list[float | None] = [None] * subscribers
+    async with d.client(limits=httpx.Limits(max_connections=64)) as client:
+        ready = asyncio.Semaphore(0)
+
+        async def subscribe(index: int) -> None:
+            params = {"filter": 'namespace==w5,topic~="^/containers/"'}
+            async with client.stream("GET", "/events", params=params) as stream:
+                ready.release()
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:"):
+                        counts[index] += 1
+                        if counts[index] == expected:
+                            done_at[index] = time.perf_counter()
+                            return
+
+        readers = [asyncio.create_task(subscribe(i)) for i in range(subscribers)]
+        for _ in range(subscribers):
+            await ready.acquire()
+        headers = {"Cargohold-Namespace": "w5"}
+        spec_doc = spec(["/bin/true"])
+        for index in range(containers):
+            await expect(client.post("/containers", json={"id": f"f{index}", "spec": spec_doc}, headers=headers), 201)
+        for index in range(containers):
+            await expect(client.delete(f"/containers/f{index}", headers=headers), 204)
+        last_ack = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*readers), 60)
+        lag = [ms((at or last_ack) - last_ack) for at in done_at]
+        report.add("W5", f"{subscribers} subscribers complete after last ack", "ms", summary(lag), None,
+                   f"{expected} events each")
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--only", default="W1,W2,W3,W4,W5")
+    parser.add_argument("--quick", action="store_true", help="smaller W2/W4 for a smoke run")
+    args = parser.parse_args(argv)
+    chosen = set(args.only.upper().split(","))
+    for binary in ("runc", "conmon", "busybox"):
+        if shutil.which(binary) is None:
+            raise SystemExit(f"bench needs {binary}: run `make system-packages` as root")
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix="cargohold-bench-") as tmp:
+        work = Path(tmp)
+        tar = write_busybox_tar(work / "busybox.tar")
+        async with daemon(work / "d") as d:
+            async with d.client() as client:
+                await expect(client.post("/snapshots/import?name=busybox", content=tar.read_bytes()), 201)
+            if "W1" in chosen:
+                await w1_run_to_completion(d, work, tar, args.runs, report)
+            if "W2" in chosen:
+                await w2_metadata(d, report, args.quick)
+            if "W3" in chosen:
+                await w3_oom_notice(d, work, tar, 3 if args.quick else 10, report)
+            if "W5" in chosen:
+                await w5_fanout(d, report)
+            if "W4" in chosen:
+                await w4_footprint(d, report, args.quick)
+    report.print()
+    results = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+        "command": "make bench",
+        "rows": report.rows,
+    }
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
