@@ -243,16 +243,20 @@ class _ChunkPipe(io.RawIOBase):
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._current = memoryview(b"")
         self._aborted = False
+        self._ended = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         while not self._current:
+            if self._ended:
+                return 0  # stays at the end: readers may ask again after a short read
             chunk = self._chunks.get()
             if chunk is None:
                 if self._aborted:
                     raise EOFError("the upload was interrupted")
+                self._ended = True
                 return 0
             self._current = memoryview(chunk)
         size = min(len(buffer), len(self._current))
