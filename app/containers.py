@@ -15,6 +15,7 @@ from . import filters
 from .errors import CargoholdError, ErrorKind, invalid
 from .mergepatch import apply_merge_patch
 from .models import Container, ContainerCreate, ContainerFields
+from .runtime.tasks import TaskService
 from .snapshots.service import SnapshotService
 from .store.containers import ContainerStore
 
@@ -61,9 +62,10 @@ def container_field(container: Container) -> filters.FieldGetter:
 
 
 class ContainerService:
-    def __init__(self, store: ContainerStore, snapshots: SnapshotService) -> None:
+    def __init__(self, store: ContainerStore, snapshots: SnapshotService, tasks: TaskService) -> None:
         self._store = store
         self._snapshots = snapshots
+        self._tasks = tasks
 
     async def create(self, namespace: str, body: ContainerCreate) -> Container:
         """Raises ALREADY_EXISTS, VALIDATION (no such snapshot); appends /containers/create
@@ -119,4 +121,5 @@ class ContainerService:
         """Raises NOT_FOUND; appends /containers/delete, then /snapshot/remove when its
         active snapshot is used by nothing else (committed images are kept)."""
         released = await self._store.delete(namespace, container_id)
+        self._tasks.forget_logs(namespace, container_id)
         await self._snapshots.remove_data(released)

@@ -98,7 +98,7 @@ async def open_daemon(
             settings=settings,
             bus=bus,
             namespaces=NamespaceService(NamespaceStore(db)),
-            containers=ContainerService(container_store, snapshots),
+            containers=ContainerService(container_store, snapshots, tasks),
             snapshots=snapshots,
             tasks=tasks,
             monitor=monitor,

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from .identifiers import IDENTIFIER_PATTERN, MAX_IDENTIFIER_LENGTH, identifier_problem, labels_problem
 
@@ -292,6 +292,12 @@ class LinuxCPU(_OCIPart):
 
 class LinuxPids(_OCIPart):
     limit: int = Field(ge=-1, description="-1 or 0: unlimited")
+
+    @field_validator("limit")
+    @classmethod
+    def _zero_is_unlimited(cls, limit: int) -> int:
+        # runc reads 0 as "leave it as it is"; the OCI spec and Docker mean "no limit".
+        return -1 if limit == 0 else limit
 
 
 class LinuxResources(_Input):

@@ -37,7 +37,7 @@ def leftover_cgroups(root: str = "/cargohold") -> list[Path]:
     """Every cgroup directory below `root` in any hierarchy (for tests and recovery)."""
     found: list[Path] = []
     for hierarchy in hierarchies():
-        base = hierarchy / root.lstrip("/")
-        if base.is_dir():
-            found.extend(p for p in base.rglob("*") if p.is_dir())
+        # os.walk shrugs off directories that vanish while it looks (other tasks ending).
+        for directory, subdirectories, _ in os.walk(hierarchy / root.lstrip("/")):
+            found.extend(Path(directory) / name for name in subdirectories)
     return found

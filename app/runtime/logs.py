@@ -41,16 +41,35 @@ async def read_log(
     follow: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[LogLine]:
     """The log's lines after `since` (only the last `tail` of what is on disk now), then
-    new ones for as long as `follow()` says the writer is alive."""
-    pending: dict[str, str] = {}
+    new ones for as long as `follow()` says the writer is alive. A last line the writer
+    left without a newline (a partial record) is given when the log ends."""
+    pending: dict[str, tuple[datetime, str]] = {}
     last: collections.deque[LogLine] | None = collections.deque(maxlen=tail) if tail is not None else None
+
+    def wanted(line: LogLine) -> LogLine | None:
+        if since is not None and line.time <= since:
+            return None
+        if last is not None:
+            last.append(line)
+            return None
+        return line
+
+    def ending() -> list[LogLine]:
+        held = [LogLine(time=time, stream=stream, line=text) for stream, (time, text) in pending.items()]
+        pending.clear()
+        lines = [line for line in (wanted(h) for h in held) if line is not None]
+        return [*(last or []), *lines]
+
     while True:
         if not await aiofiles.os.path.exists(path):
             if follow is None or not await follow():
+                for line in ending():
+                    yield line
                 return
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
             continue
         async with aiofiles.open(path, encoding="utf-8", errors="replace") as file:
+            inode = (await aiofiles.os.stat(path)).st_ino
             position = 0
             while True:
                 raw = await file.readline()
@@ -60,26 +79,35 @@ async def read_log(
                     if record is None:
                         continue
                     time, stream, full, text = record
-                    text = pending.pop(stream, "") + text
+                    text = pending.pop(stream, (time, ""))[1] + text
                     if not full:
-                        pending[stream] = text
-                    elif since is None or time > since:
-                        line = LogLine(time=time, stream=stream, line=text)
-                        if last is not None:
-                            last.append(line)
-                        else:
-                            yield line
+                        pending[stream] = (time, text)
+                        continue
+                    kept = wanted(LogLine(time=time, stream=stream, line=text))
+                    if kept is not None:
+                        yield kept
                     continue
-                if last is not None:  # the end of what was on disk: the tail is complete
+                # The end of this file for now.
+                if last is not None:  # the tail of what was on disk is complete
                     for line in last:
                         yield line
                     last = None
+                if await _replaced(path, inode, position):
+                    break  # rotated or truncated by conmon: go on with the file now at `path`
                 if follow is None or not await follow():
+                    if await _replaced(path, inode, position):
+                        break  # the writer ended right after rotating: read the new file too
+                    for line in ending():
+                        yield line
                     return
                 await asyncio.sleep(FOLLOW_POLL_SECONDS)
-                try:
-                    if (await aiofiles.os.stat(path)).st_size < position:
-                        break  # truncated by conmon at --log-size-max: read it again from the start
-                except FileNotFoundError:
-                    return
                 await file.seek(position)
+
+
+async def _replaced(path: Path, inode: int, position: int) -> bool:
+    """Whether the file at `path` is no longer the one read (renamed over) or was cut."""
+    try:
+        current = await aiofiles.os.stat(path)
+    except FileNotFoundError:
+        return False
+    return current.st_ino != inode or current.st_size < position

@@ -128,13 +128,20 @@ class TaskService:
         bundle = task_dir / "bundle"
         rootfs = bundle / "rootfs"
         async with self._lock(namespace, container.id), AsyncExitStack() as undo:
+            # Again under the lock: a concurrent create may have won meanwhile.
+            if await self._store.exists(namespace, container.id):
+                raise CargoholdError(ErrorKind.CONFLICT, f'container "{container.id}" already has a task')
             config = task_config(container.spec, namespace, container.id, rootfs, self._allowed_bind_roots)
             mounts = await self._snapshots.mounts(namespace, container.snapshotter, container.snapshot_key)
             undo.push_async_callback(_shielded_thread, _remove_task_dir, task_dir)
             await asyncio.to_thread(write_config, bundle, config)
             await asyncio.to_thread(mount_all, mounts, rootfs)
             log_path = self.log_path(namespace, container.id)
-            log_path.unlink(missing_ok=True)  # a new task starts a new log
+            # A new task starts a new log; the last run's stays readable if this one fails.
+            previous_log = log_path.with_name(log_path.name + ".previous")
+            if log_path.exists():
+                log_path.rename(previous_log)
+                undo.callback(previous_log.rename, log_path)
             undo.callback(log_path.unlink, missing_ok=True)
             undo.push_async_callback(self._shielded_runtime_cleanup, runtime, namespace, container.id)
             async with self._cgroup_lock:
@@ -142,7 +149,12 @@ class TaskService:
             task = await self._store.add(namespace, container.id, started.pid, started.conmon_pid, runtime.name)
             self._watch(namespace, container.id, "", started)  # before any await: wait() relies on it
             undo.pop_all()
+        previous_log.unlink(missing_ok=True)
         return task
+
+    def forget_logs(self, namespace: str, task_id: str) -> None:
+        """The container is gone: so is the log of its last run."""
+        self.log_path(namespace, task_id).unlink(missing_ok=True)
 
     async def _await_previous(self, namespace: str, task_id: str) -> None:
         """Raise CONFLICT if the container has a live task; if its last task has exited but is
