@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette import ServerSentEvent
 
@@ -24,6 +24,7 @@ from ..models import (
     TaskMetrics,
     TaskPatch,
 )
+from ..runtime.tasks import TaskService
 from .deps import ContainerId, DaemonDep, ExecId, NamespaceHeader, Tasks
 from .problems import problems
 from .sse import event_source
@@ -122,25 +123,41 @@ async def delete_task(container_id: ContainerId, namespace: NamespaceHeader, tas
     return await tasks.delete(namespace, container_id)
 
 
-def _log_response(lines: AsyncIterator[LogLine], follow: bool, accept: str | None, settings: Settings) -> Response:
-    if follow and accept is not None and "text/event-stream" in accept:
+class LogQuery:
+    """What a log request asks for: the query parameters and whether it wants SSE."""
 
-        async def frames() -> AsyncIterator[ServerSentEvent]:
+    def __init__(
+        self,
+        tail: Annotated[int | None, Query(ge=0, description="only the last N lines")] = None,
+        since: Annotated[datetime | None, Query(description="only lines after this RFC 3339 time")] = None,
+        follow: Annotated[bool, Query(description="keep streaming while it runs")] = False,
+        accept: Annotated[str | None, Header()] = None,
+    ) -> None:
+        self.tail = tail
+        self.since = since
+        self.follow = follow
+        self.as_sse = follow and accept is not None and "text/event-stream" in accept
+
+    async def respond(
+        self, tasks: TaskService, namespace: str, task_id: str, exec_id: str | None, settings: Settings
+    ) -> Response:
+        lines = await tasks.logs(namespace, task_id, exec_id, tail=self.tail, since=self.since, follow=self.follow)
+        if self.as_sse:
+
+            async def frames() -> AsyncIterator[ServerSentEvent]:
+                async for line in lines:
+                    yield ServerSentEvent(data=line.model_dump_json(), event=line.stream)
+
+            return event_source(frames(), settings)
+
+        async def json_lines() -> AsyncIterator[bytes]:
             async for line in lines:
-                yield ServerSentEvent(data=line.model_dump_json(), event=line.stream)
+                yield line.model_dump_json().encode() + b"\n"
 
-        return event_source(frames(), settings)
-
-    async def json_lines() -> AsyncIterator[bytes]:
-        async for line in lines:
-            yield line.model_dump_json().encode() + b"\n"
-
-    return StreamingResponse(json_lines(), media_type="application/x-ndjson")
+        return StreamingResponse(json_lines(), media_type="application/x-ndjson")
 
 
-LogTail = Annotated[int | None, Query(ge=0, description="only the last N lines")]
-LogSince = Annotated[datetime | None, Query(description="only lines after this RFC 3339 time")]
-LogFollow = Annotated[bool, Query(description="keep streaming while it runs")]
+LogQueryDep = Annotated[LogQuery, Depends()]
 
 
 @router.get(
@@ -154,13 +171,9 @@ async def get_task_logs(
     namespace: NamespaceHeader,
     tasks: Tasks,
     daemon: DaemonDep,
-    tail: LogTail = None,
-    since: LogSince = None,
-    follow: LogFollow = False,
-    accept: Annotated[str | None, Header()] = None,
+    query: LogQueryDep,
 ) -> Response:
-    lines = await tasks.logs(namespace, container_id, tail=tail, since=since, follow=follow)
-    return _log_response(lines, follow, accept, daemon.settings)
+    return await query.respond(tasks, namespace, container_id, None, daemon.settings)
 
 
 @router.post(
@@ -222,10 +235,6 @@ async def get_task_process_logs(
     namespace: NamespaceHeader,
     tasks: Tasks,
     daemon: DaemonDep,
-    tail: LogTail = None,
-    since: LogSince = None,
-    follow: LogFollow = False,
-    accept: Annotated[str | None, Header()] = None,
+    query: LogQueryDep,
 ) -> Response:
-    lines = await tasks.logs(namespace, container_id, exec_id, tail=tail, since=since, follow=follow)
-    return _log_response(lines, follow, accept, daemon.settings)
+    return await query.respond(tasks, namespace, container_id, exec_id, daemon.settings)
