@@ -13,8 +13,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
 
 from . import __version__
 from .config import DEFAULT_LISTEN, DEFAULT_ROOT, DEFAULT_STATE, Listener, Settings
@@ -86,10 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(settings: Settings, log_level: str = "info") -> int:
     """Serve on every listener until SIGTERM/SIGINT; in-flight requests finish first."""
     sockets = [_bind(listener) for listener in settings.listeners]
-    config = uvicorn.Config(
-        create_app(settings), log_level=log_level, timeout_graceful_shutdown=10, lifespan="on"
-    )
-    server = _Server(config)
+    app = create_app(settings)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, lifespan="on")
+    server = _Server(config, app)
     try:
         for listener in settings.listeners:
             log.info("listening on %s", listener.url)
@@ -105,7 +106,18 @@ async def serve(settings: Settings, log_level: str = "info") -> int:
 
 class _Server(uvicorn.Server):
     """uvicorn, minus re-raising the caught SIGTERM/SIGINT once it has shut down (which
-    would kill the process before our cleanup and make a clean stop exit with 143)."""
+    would kill the process before our cleanup and make a clean stop exit with 143), plus
+    telling the app at once that it is stopping, so long-polls end instead of holding it."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        stop_waiting = getattr(self._app.state, "stop_waiting", None)
+        if stop_waiting is not None:
+            stop_waiting()
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -43,10 +43,13 @@ def create_app(settings: Settings) -> FastAPI:
         async with open_daemon(settings, on_event=metrics.count_event, observe_poll=metrics.observe_poll) as daemon:
             metrics.count_subscribers_with(lambda: daemon.bus.subscriber_count)
             containers_collector.monitor = daemon.monitor
+            # Called by the server as soon as a stop is asked for (see cli._Server).
+            app.state.stop_waiting = daemon.tasks.stop_waiting
             try:
                 yield {"daemon": daemon}
             finally:
                 containers_collector.monitor = None
+                app.state.stop_waiting = None
 
     app = FastAPI(
         title="Cargohold",

@@ -18,6 +18,12 @@ def cgroup_path(namespace: str, container_id: str) -> str:
     return f"/cargohold/{namespace}/{container_id}"
 
 
+def runtime_id(namespace: str, container_id: str) -> str:
+    """The container's id for runc/conmon: ids repeat across namespaces, runc's may not.
+    `+` is allowed by runc and never part of an identifier, so the pair is unambiguous."""
+    return f"{namespace}+{container_id}"
+
+
 def task_config(
     spec: dict[str, Any], namespace: str, container_id: str, rootfs: Path, allowed_bind_roots: list[Path]
 ) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from pathlib import Path
 
 
@@ -41,3 +42,27 @@ def leftover_cgroups(root: str = "/cargohold") -> list[Path]:
         for directory, subdirectories, _ in os.walk(hierarchy / root.lstrip("/")):
             found.extend(Path(directory) / name for name in subdirectories)
     return found
+
+
+def remove_unowned(owned: set[tuple[str, str]], root: str = "/cargohold") -> list[Path]:
+    """rmdir every `<root>/<namespace>/<id>` cgroup that no task owns, then the namespace
+    and root dirs left empty. Busy ones (a process still inside) are left; returns what went."""
+    removed: list[Path] = []
+    for hierarchy in hierarchies():
+        base = hierarchy / root.lstrip("/")
+        try:
+            namespaces = [entry for entry in base.iterdir() if entry.is_dir()]
+        except OSError:
+            continue
+        for namespace in namespaces:
+            with suppress(OSError):
+                for group in [entry for entry in namespace.iterdir() if entry.is_dir()]:
+                    if (namespace.name, group.name) not in owned:
+                        with suppress(OSError):
+                            os.rmdir(group)
+                            removed.append(group)
+            with suppress(OSError):
+                os.rmdir(namespace)
+        with suppress(OSError):
+            os.rmdir(base)
+    return removed

@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import CargoholdError, ErrorKind
@@ -113,12 +114,18 @@ def _parse_sync(line: bytes) -> tuple[int, str]:
     return int(pid), str(message.get("message", "")).strip() or "no message"
 
 
-def read_exit_status(exit_dir: Path, name: str) -> int | None:
-    """The status conmon wrote for `name` (exit code, or 128 + signal), or None if none yet."""
+def read_exit_status(exit_dir: Path) -> tuple[int, datetime] | None:
+    """The status conmon wrote in `exit_dir` (exit code, or 128 + signal) and when, or None."""
     try:
-        return int((exit_dir / name).read_text().strip())
-    except (FileNotFoundError, ValueError):
+        entries = list(exit_dir.iterdir())
+    except FileNotFoundError:
         return None
+    for entry in entries:
+        try:
+            return int(entry.read_text().strip()), datetime.fromtimestamp(entry.stat().st_mtime, UTC)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def conmon_alive(conmon_pid: int, container_id: str) -> bool:

@@ -48,8 +48,9 @@ from ..snapshots.service import SnapshotService
 from ..store.containers import ContainerStore
 from ..store.tasks import TaskRecord, TaskStore, task_not_found
 from ..topics import Topic
-from .bundle import cgroup_path, task_config, write_config
+from .bundle import cgroup_path, runtime_id, task_config, write_config
 from .cgroups import remove_cgroup
+from .cgroups import remove_unowned as remove_unowned_cgroups
 from .conmon import Conmon, ExitWatch, Started, conmon_alive, read_exit_status
 from .defaults import with_defaults
 from .logs import read_log
@@ -94,6 +95,8 @@ class TaskService:
         self._deleted: dict[tuple[str, str], asyncio.Future[Exit]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._handlers: set[asyncio.Task[None]] = set()
+        # Set when the daemon starts to stop: long-polling waits answer 503 then.
+        self._stopping = asyncio.Event()
         # Held while a task's cgroup parents may be created or removed (see _teardown).
         self._cgroup_lock = asyncio.Lock()
 
@@ -145,7 +148,7 @@ class TaskService:
             undo.callback(log_path.unlink, missing_ok=True)
             undo.push_async_callback(self._shielded_runtime_cleanup, runtime, namespace, container.id)
             async with self._cgroup_lock:
-                started = await conmon.create(container.id, bundle, runtime, task_dir, log_path)
+                started = await conmon.create(runtime_id(namespace, container.id), bundle, runtime, task_dir, log_path)
             task = await self._store.add(namespace, container.id, started.pid, started.conmon_pid, runtime.name)
             self._watch(namespace, container.id, "", started)  # before any await: wait() relies on it
             undo.pop_all()
@@ -175,7 +178,7 @@ class TaskService:
             if record.task.status is not TaskStatus.CREATED:
                 raise CargoholdError(ErrorKind.CONFLICT, f'task "{task_id}" is {record.task.status.value}; '
                                      "only a created task can be started")
-            await self._runtime(record.task.runtime).start(task_id)
+            await self._runtime(record.task.runtime).start(runtime_id(namespace, task_id))
             return await self._store.set_status(
                 namespace, task_id, TaskStatus.RUNNING, Topic.TASK_START,
                 {"container_id": task_id, "pid": record.task.pid},
@@ -184,7 +187,7 @@ class TaskService:
     async def kill(self, namespace: str, task_id: str, request: KillRequest) -> None:
         number = parse_signal(request.signal)
         record = await self._live(namespace, task_id)
-        await self._runtime(record.task.runtime).kill(task_id, number, request.all)
+        await self._runtime(record.task.runtime).kill(runtime_id(namespace, task_id), number, request.all)
 
     async def pause(self, namespace: str, task_id: str) -> Task:
         return await self._freeze(namespace, task_id, pause=True)
@@ -203,7 +206,8 @@ class TaskService:
                     f"task can be {verb}"
                 )
             runtime = self._runtime(record.task.runtime)
-            await (runtime.pause(task_id) if pause else runtime.resume(task_id))
+            rid = runtime_id(namespace, task_id)
+            await (runtime.pause(rid) if pause else runtime.resume(rid))
             status, topic = (
                 (TaskStatus.PAUSED, Topic.TASK_PAUSED) if pause else (TaskStatus.RUNNING, Topic.TASK_RESUMED)
             )
@@ -211,7 +215,7 @@ class TaskService:
 
     async def pids(self, namespace: str, task_id: str) -> list[int]:
         record = await self._live(namespace, task_id)
-        return await self._runtime(record.task.runtime).pids(task_id)
+        return await self._runtime(record.task.runtime).pids(runtime_id(namespace, task_id))
 
     async def update(self, namespace: str, task_id: str, resources: LinuxResources) -> Task:
         """Live cgroup update through the runtime. Raises VALIDATION with its message."""
@@ -219,7 +223,7 @@ class TaskService:
         document = resources.model_dump(mode="json", exclude_none=True)
         if not document:
             raise invalid("resources is empty: give memory, cpu or pids")
-        await self._runtime(record.task.runtime).update(task_id, document)
+        await self._runtime(record.task.runtime).update(runtime_id(namespace, task_id), document)
         return record.task
 
     async def get(self, namespace: str, task_id: str) -> Task:
@@ -234,16 +238,37 @@ class TaskService:
 
     async def wait(self, namespace: str, task_id: str, exec_id: str | None = None) -> Exit:
         """The exit of the task (or exec process): waits while it runs, else answers from the
-        stored exits. Raises NOT_FOUND when there is neither."""
-        pending = self._exited.get((namespace, task_id, exec_id or ""))
+        stored exits. Raises NOT_FOUND when there is neither. A task's wait answers once it
+        is also deleted (exit means delete), so the container can be deleted right after."""
+        pending = (None if exec_id else self._deleted.get((namespace, task_id))) or self._exited.get(
+            (namespace, task_id, exec_id or "")
+        )
         if pending is not None:
-            return await asyncio.shield(pending)
-        # Not watched: it has exited (the future is dropped only after the exit is stored).
+            return await self._unless_stopping(pending)
+        # Not watched: it has exited (the futures are dropped only after the exit is stored).
         found = await self._store.last_exit(namespace, task_id, exec_id)
         if found is None:
             what = f'exec process "{exec_id}" of task "{task_id}"' if exec_id else f'task "{task_id}"'
             raise CargoholdError(ErrorKind.NOT_FOUND, f'no {what} is running or has exited in namespace "{namespace}"')
         return found
+
+    def stop_waiting(self) -> None:
+        """The daemon is stopping: waits in progress answer now instead of holding it up."""
+        self._stopping.set()
+
+    async def _unless_stopping(self, pending: asyncio.Future[Exit]) -> Exit:
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            either: set[asyncio.Future[Any]] = {pending, stopping}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not pending.done():
+            raise CargoholdError(
+                ErrorKind.UNAVAILABLE,
+                "the daemon is stopping; the task keeps running: wait again once the daemon is back",
+            )
+        return pending.result()
 
     async def delete(self, namespace: str, task_id: str) -> Exit:
         """Kill (SIGKILL, every process) if needed and delete; returns the exit once the
@@ -254,10 +279,10 @@ class TaskService:
             raise task_not_found(namespace, task_id)
         runtime = self._runtime(record.task.runtime)
         with suppress(CargoholdError):  # it may be exiting already
-            await runtime.kill(task_id, 9, all_processes=True)
+            await runtime.kill(runtime_id(namespace, task_id), 9, all_processes=True)
         if record.task.status is TaskStatus.PAUSED:
             with suppress(CargoholdError):
-                await runtime.resume(task_id)  # a frozen process cannot die
+                await runtime.resume(runtime_id(namespace, task_id))  # a frozen process cannot die
         async with asyncio.timeout(DELETE_TIMEOUT_SECONDS):
             return await asyncio.shield(deleted)
 
@@ -307,7 +332,7 @@ class TaskService:
         spec_path = exec_dir / "process.json"
         await asyncio.to_thread(_write_json, spec_path, process.spec)
         started = await self._require_conmon().exec(
-            task_id, exec_id, spec_path, self._runtime(record.task.runtime), exec_dir,
+            runtime_id(namespace, task_id), exec_id, spec_path, self._runtime(record.task.runtime), exec_dir,
             self.log_path(namespace, task_id, exec_id),
         )
         result = await self._store.start_process(namespace, task_id, exec_id, started.pid, started.conmon_pid)
@@ -350,6 +375,7 @@ class TaskService:
     async def _handle_exit(self, key: Key, pid: int) -> None:
         """conmon has exited: record the exit, then (for init) tear the task down."""
         namespace, task_id, exec_id = key
+        exit_: Exit | None = None
         try:
             self._watches.pop(key, None)
             work_dir = self.task_dir(namespace, task_id)
@@ -365,6 +391,15 @@ class TaskService:
                     await self._finish(namespace, task_id, exit_)
         except Exception:
             log.exception("handling the exit of %s/%s %s failed", namespace, task_id, exec_id)
+        finally:
+            # Waiters must never hang: on a failure they get the exit if it is known.
+            failure = CargoholdError(ErrorKind.UNAVAILABLE, "the exit could not be handled; see the daemon's log")
+            for future in (self._exited.pop(key, None), None if exec_id else self._deleted.pop(key[:2], None)):
+                if future is not None and not future.done():
+                    if exit_ is not None:
+                        future.set_result(exit_)
+                    else:
+                        future.set_exception(failure)
 
     async def _finish(self, namespace: str, task_id: str, exit_: Exit) -> None:
         record = await self._store.get(namespace, task_id)
@@ -394,7 +429,7 @@ class TaskService:
         self._monitor.unwatch(namespace, task_id)
         runtime = self._runtimes.get(runtime_name)
         if runtime is not None:
-            await runtime.delete(task_id)
+            await runtime.delete(runtime_id(namespace, task_id))
         await asyncio.to_thread(_remove_task_dir, self.task_dir(namespace, task_id))
         async with self._cgroup_lock:
             await asyncio.to_thread(remove_cgroup, cgroup_path(namespace, task_id))
@@ -419,7 +454,7 @@ class TaskService:
 
     async def _shielded_runtime_cleanup(self, runtime: OCIRuntime, namespace: str, task_id: str) -> None:
         async def cleanup() -> None:
-            await runtime.delete(task_id)
+            await runtime.delete(runtime_id(namespace, task_id))
             async with self._cgroup_lock:
                 await asyncio.to_thread(remove_cgroup, cgroup_path(namespace, task_id))
 
@@ -450,7 +485,8 @@ class TaskService:
             conmon_pid = int((work_dir / "conmon.pid").read_text().strip())
         except (OSError, ValueError):
             conmon_pid = record.conmon_pid if not exec_id else 0
-        name = f"{task_id}-{exec_id}" if exec_id else task_id
+        rid = runtime_id(namespace, task_id)
+        name = f"{rid}-{exec_id}" if exec_id else rid
         alive = bool(conmon_pid) and conmon_alive(conmon_pid, name)
         # A conmon that ended while we were away is handled as if it had just exited:
         # the watch fires at once when the pid is gone.
@@ -462,19 +498,23 @@ class TaskService:
                 for task_dir in namespace_dir.iterdir():
                     if (namespace_dir.name, task_dir.name) not in owned:
                         log.info("removing %s: no task owns it", task_dir)
-                        _kill_stray_conmon(task_dir)
+                        _kill_stray_conmon(task_dir, runtime_id(namespace_dir.name, task_dir.name))
                         for runtime in self._runtimes.values():
-                            await runtime.delete(task_dir.name)
+                            await runtime.delete(runtime_id(namespace_dir.name, task_dir.name))
                         await asyncio.to_thread(_remove_task_dir, task_dir)
                         await asyncio.to_thread(remove_cgroup, cgroup_path(namespace_dir.name, task_dir.name))
                 with suppress(OSError):
                     namespace_dir.rmdir()
-        owned_ids = {task_id for _, task_id in owned}
+        owned_ids = {runtime_id(namespace, task_id) for namespace, task_id in owned}
         for runtime in self._runtimes.values():
             for container_id in await runtime.list_ids():
                 if container_id not in owned_ids:
                     log.info("deleting %s state of %s: no task owns it", runtime.name, container_id)
                     await runtime.delete(container_id)
+        # Last: the runtime deletes above empty the cgroups of what they killed.
+        async with self._cgroup_lock:
+            for group in await asyncio.to_thread(remove_unowned_cgroups, owned):
+                log.info("removed cgroup %s: no task owns it", group)
 
     async def close(self) -> None:
         """Stop watching (the tasks keep running; the next daemon re-adopts them)."""
@@ -512,15 +552,12 @@ class TaskService:
 
 
 def _exit_from_file(exit_dir: Path, task_id: str, exec_id: str, pid: int) -> Exit:
-    name = f"{task_id}-{exec_id}" if exec_id else task_id
-    status = read_exit_status(exit_dir, name)
-    if status is None:
-        status = read_exit_status(exit_dir, task_id)
-    if status is None:
-        log.warning("no exit file for %s in %s: conmon died without one", name, exit_dir)
+    """The exit conmon wrote: each process has an exit dir of its own, holding one file."""
+    found = read_exit_status(exit_dir)
+    if found is None:
+        log.warning("no exit file in %s: conmon died without writing one", exit_dir)
         return _unknown_exit(task_id, exec_id or None, pid)
-    exited_at = datetime.fromtimestamp((exit_dir / (name if (exit_dir / name).exists() else task_id)).stat().st_mtime,
-                                       UTC)
+    status, exited_at = found
     return Exit(id=task_id, exec_id=exec_id or None, pid=pid, exit_status=status, exited_at=exited_at)
 
 
@@ -528,13 +565,13 @@ def _unknown_exit(task_id: str, exec_id: str | None, pid: int) -> Exit:
     return Exit(id=task_id, exec_id=exec_id, pid=pid, exit_status=UNKNOWN_EXIT_STATUS, exited_at=datetime.now(UTC))
 
 
-def _kill_stray_conmon(task_dir: Path) -> None:
+def _kill_stray_conmon(task_dir: Path, rid: str) -> None:
     for pid_file in [task_dir / "conmon.pid", *task_dir.glob("execs/*/conmon.pid")]:
         try:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             continue
-        if conmon_alive(pid, task_dir.name):
+        if conmon_alive(pid, rid):
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

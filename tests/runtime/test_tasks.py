@@ -248,8 +248,9 @@ class TestCreate:
         memory = cgroup("memory", namespace, "web")
         assert memory.is_dir()
         assert str(pid) in (memory / "cgroup.procs").read_text().split()
-        assert len(conmon_of(runtime_settings, "web")) == 1
-        assert runtime_states(runtime_settings, runtime) == ["web"]
+        assert len(conmon_of(runtime_settings, f"{namespace}+web")) == 1
+        # runc ids are namespace-qualified: the same id may run in two namespaces.
+        assert runtime_states(runtime_settings, runtime) == [f"{namespace}+web"]
 
         started = await api.post("/tasks/web/start", headers=ns_headers)
         assert started.status_code == 200, started.text
@@ -267,7 +268,7 @@ class TestCreate:
         assert exit_["exit_status"] == SIGTERM_STATUS and exit_["pid"] == pid
         await gone(api, ns_headers, "web")
         assert not memory.exists()
-        assert conmon_of(runtime_settings, "web") == []
+        assert conmon_of(runtime_settings, f"{namespace}+web") == []
         assert runtime_states(runtime_settings, runtime) == []
         assert left_behind(runtime_settings, namespace) == {}
 
@@ -298,8 +299,8 @@ class TestCreate:
         intact = {
             "config.json": (bundle / "config.json").exists(),
             "rootfs mounted once": mount_points_under(bundle).count(bundle / "rootfs") == 1,
-            "conmon": len(conmon_of(runtime_settings, "web")) == 1,
-            "runc state": runtime_states(runtime_settings, "runc") == ["web"],
+            "conmon": len(conmon_of(runtime_settings, f"{namespace}+web")) == 1,
+            "runc state": runtime_states(runtime_settings, "runc") == [f"{namespace}+web"],
             "init alive": Path(f"/proc/{winner['pid']}").exists(),
         }
         started = await api.post("/tasks/web/start", headers=ns_headers)
