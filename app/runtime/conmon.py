@@ -71,8 +71,10 @@ class Conmon:
                 "--exit-dir", str(exit_dir),
                 "-l", f"k8s-file:{log_path}", "--log-size-max", str(self._log_max_bytes),
                 "--socket-dir-path", str(work_dir), "--full-attach", "--log-level", "error",
+                # conmon drops an `oom` marker in its persist dir (else its cwd) on an OOM kill.
+                "--persist-dir", str(work_dir),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, pass_fds=(write_end,),
+                stderr=asyncio.subprocess.PIPE, pass_fds=(write_end,), cwd=work_dir,
                 env={**os.environ, "_OCI_SYNCPIPE": str(write_end)},
             )
         finally:
