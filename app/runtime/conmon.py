@@ -61,6 +61,7 @@ class Conmon:
     ) -> Started:
         exit_dir = work_dir / "exit"
         exit_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / "persist").mkdir(exist_ok=True)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         read_end, write_end = os.pipe()
         try:
@@ -72,7 +73,7 @@ class Conmon:
                 "-l", f"k8s-file:{log_path}", "--log-size-max", str(self._log_max_bytes),
                 "--socket-dir-path", str(work_dir), "--full-attach", "--log-level", "error",
                 # conmon drops an `oom` marker in its persist dir (else its cwd) on an OOM kill.
-                "--persist-dir", str(work_dir),
+                "--persist-dir", str(work_dir / "persist"),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE, pass_fds=(write_end,), cwd=work_dir,
                 env={**os.environ, "_OCI_SYNCPIPE": str(write_end)},
