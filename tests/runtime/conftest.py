@@ -69,7 +69,8 @@ def leftovers(settings: Settings) -> dict[str, Any]:
         "conmon": conmon_pids_under(settings.state),
         "runc state": runc_states,
         "cgroups": [str(p) for p in leftover_cgroups() if _cgroup_namespace(p) in namespaces_of(settings)],
-        "mounts": [str(p) for p in mount_points_under(settings.root)] if settings.root.exists() else [],
+        "mounts": [str(p) for base in (settings.root, settings.state) if base.exists()
+                   for p in mount_points_under(base)],
         "task dirs": task_dirs,
     }
     return {kind: items for kind, items in found.items() if items}

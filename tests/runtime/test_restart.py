@@ -594,7 +594,10 @@ CREATE_POINTS: dict[str, Callable[[Path, Path], bool]] = {
     "bundle-written": lambda task_dir, runc_root: (task_dir / "bundle" / "config.json").exists(),
     "rootfs-mounted": lambda task_dir, runc_root: mounted_under(task_dir / "bundle"),
     "conmon-started": lambda task_dir, runc_root: (task_dir / "conmon.pid").exists(),
-    "runc-state": lambda task_dir, runc_root: (runc_root / "midway" / "state.json").exists(),
+    # Whatever id the daemon gives runc for it (the container id, or one qualified by namespace).
+    "runc-state": lambda task_dir, runc_root: runc_root.is_dir() and any(
+        (entry / "state.json").exists() for entry in runc_root.iterdir() if "midway" in entry.name
+    ),
 }
 
 
