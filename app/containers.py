@@ -14,7 +14,7 @@ from typing import Any
 from . import filters
 from .errors import CargoholdError, ErrorKind, invalid
 from .mergepatch import apply_merge_patch
-from .models import Container, ContainerCreate, ContainerFields
+from .models import Container, ContainerCreate, ContainerFields, ContainerHead
 from .runtime.tasks import TaskService
 from .snapshots.service import SnapshotService
 from .store.containers import ContainerStore
@@ -37,7 +37,7 @@ def if_match_allows(if_match: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-def container_field(container: Container) -> filters.FieldGetter:
+def container_field(container: ContainerHead) -> filters.FieldGetter:
     """The filter adaptor for containers, as containerd's `adaptContainer`."""
 
     def field(path: Sequence[str]) -> str | None:
@@ -49,7 +49,7 @@ def container_field(container: Container) -> filters.FieldGetter:
         if head == "image" and not rest:
             return container.image
         if head == "runtime" and (not rest or list(rest) == ["name"]):
-            return container.runtime.name.value
+            return container.runtime
         if head == "snapshotter" and not rest:
             return container.snapshotter
         if head == "snapshot_key" and not rest:
@@ -81,7 +81,9 @@ class ContainerService:
         """Containers matching any of `filter_exprs`. Raises INVALID_ARGUMENT for a bad filter
         (before touching the store) and NOT_FOUND for an unknown namespace."""
         match = filters.parse(filter_exprs)
-        return [c for c in await self._store.list_in(namespace) if match.matches(container_field(c))]
+        if match is filters.MATCH_ALL:
+            return await self._store.list_in(namespace)
+        return await self._store.list_in(namespace, lambda head: match.matches(container_field(head)))
 
     async def update(
         self,

@@ -7,6 +7,7 @@ a 422 naming it. This module holds shapes and field rules only, no I/O.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -129,6 +130,19 @@ class Container(BaseModel):
     extensions: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ContainerHead:
+    """What container filters look at: a container without its spec and extensions, so
+    a filtered list parses only the rows that match."""
+
+    id: str
+    image: str
+    runtime: str
+    snapshotter: str
+    snapshot_key: str
+    labels: dict[str, str]
 
 
 class ContainerList(BaseModel):

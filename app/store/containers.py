@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import CargoholdError, ErrorKind, not_found
-from ..models import Container, ContainerFields, Runtime
+from ..models import Container, ContainerFields, ContainerHead, Runtime, RuntimeName
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
 from .namespaces import ensure_namespace, namespace_not_found
@@ -23,18 +23,34 @@ def container_not_found(namespace: str, container_id: str) -> CargoholdError:
     return not_found(f'container "{container_id}" not found in namespace "{namespace}"')
 
 
+_HEAD_COLUMNS = "id, labels, image, runtime, snapshotter, snapshot_key"
+
+
 def _container(row: Row) -> Container:
-    return Container(
+    # Rows were validated on the way in: construct without validating again (lists are hot).
+    runtime = json.loads(row["runtime"])
+    return Container.model_construct(
         id=row["id"],
         labels=json.loads(row["labels"]),
         image=row["image"],
-        runtime=Runtime.model_validate_json(row["runtime"]),
+        runtime=Runtime.model_construct(name=RuntimeName(runtime["name"]), options=runtime.get("options", {})),
         spec=json.loads(row["spec"]),
         snapshotter=row["snapshotter"],
         snapshot_key=row["snapshot_key"],
         extensions=json.loads(row["extensions"]),
         created_at=datetime.fromisoformat(row["created_at"]),
         updated_at=datetime.fromisoformat(row["updated_at"]),
+    )
+
+
+def _head(row: Row) -> ContainerHead:
+    return ContainerHead(
+        id=row["id"],
+        image=row["image"],
+        runtime=json.loads(row["runtime"])["name"],
+        snapshotter=row["snapshotter"],
+        snapshot_key=row["snapshot_key"],
+        labels=json.loads(row["labels"]),
     )
 
 
@@ -103,11 +119,30 @@ class ContainerStore:
             raise container_not_found(namespace, container_id)
         return _container(row)
 
-    async def list_in(self, namespace: str) -> list[Container]:
-        """Every container of `namespace`, by id. Raises NOT_FOUND for an unknown namespace."""
-        rows = await self._db.all(
-            f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? ORDER BY id", namespace
-        )
+    async def list_in(
+        self, namespace: str, select: Callable[[ContainerHead], bool] | None = None
+    ) -> list[Container]:
+        """The containers of `namespace` (those whose head `select` keeps), by id. Only the
+        selected rows are read whole. Raises NOT_FOUND for an unknown namespace."""
+        if select is None:
+            rows = await self._db.all(f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? ORDER BY id", namespace)
+        else:
+            heads = await self._db.all(
+                f"SELECT {_HEAD_COLUMNS} FROM containers WHERE namespace = ? ORDER BY id", namespace
+            )
+            if not heads:
+                await self._require_namespace(namespace)
+                return []
+            chosen = [row["id"] for row in heads if select(_head(row))]
+            rows = []
+            for start in range(0, len(chosen), 500):
+                batch = chosen[start:start + 500]
+                rows += await self._db.all(
+                    f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? AND id IN "
+                    f"({', '.join('?' * len(batch))}) ORDER BY id",
+                    namespace, *batch,
+                )
+            return [_container(row) for row in rows]
         if not rows:
             await self._require_namespace(namespace)
         return [_container(row) for row in rows]
