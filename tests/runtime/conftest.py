@@ -153,3 +153,17 @@ async def make_container(
 
 def settings_with(settings: Settings, **changes: Any) -> Settings:
     return replace(settings, **changes)
+
+
+async def history(client: httpx.AsyncClient, namespace: str) -> list[dict[str, Any]]:
+    """Every stored event of `namespace`, oldest first."""
+    found: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        response = await client.get("/events/history", params={"since": since, "limit": 1000})
+        assert response.status_code == 200, response.text
+        page = response.json()
+        found.extend(event for event in page["events"] if event["namespace"] == namespace)
+        if len(page["events"]) < 1000:
+            return found
+        since = page["last_id"]

@@ -32,7 +32,14 @@ from app.runtime.cgroups import hierarchies
 from app.runtime.defaults import with_defaults
 from app.snapshots.mounts import mount_points_under, unmount
 from tests.conftest import BASE_URL
-from tests.runtime.conftest import conmon_pids_under, import_busybox, leftovers, make_container, require_runtime
+from tests.runtime.conftest import (
+    conmon_pids_under,
+    history,
+    import_busybox,
+    leftovers,
+    make_container,
+    require_runtime,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -253,20 +260,6 @@ async def eventually(condition: Callable[[], Awaitable[bool]], what: str, within
 
 
 # --- the API -----------------------------------------------------------------------------
-
-
-async def history(client: httpx.AsyncClient, namespace: str) -> list[dict[str, Any]]:
-    """Every stored event of `namespace`, oldest first."""
-    found: list[dict[str, Any]] = []
-    since = 0
-    while True:
-        response = await client.get("/events/history", params={"since": since, "limit": 1000})
-        assert response.status_code == 200, response.text
-        page = response.json()
-        found.extend(event for event in page["events"] if event["namespace"] == namespace)
-        if len(page["events"]) < 1000:
-            return found
-        since = page["last_id"]
 
 
 def topics_for(events: list[dict[str, Any]], topic: str, container_id: str, process_id: str | None = None

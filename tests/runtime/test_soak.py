@@ -11,14 +11,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from app.config import Listener, Settings
 from app.snapshots.mounts import mount_points_under
-from tests.runtime.conftest import conmon_pids_under, import_busybox, make_container, require_runtime
+from tests.runtime.conftest import conmon_pids_under, history, import_busybox, make_container, require_runtime
 from tests.runtime.test_restart import cgroups_of, leftovers_of
 
 pytestmark = pytest.mark.anyio
@@ -59,19 +58,6 @@ def runc_ids(runc_root: Path) -> list[str]:
     listed = subprocess.run(["runc", f"--root={runc_root}", "list", "--format", "json"],
                             capture_output=True, timeout=30, check=True)
     return [entry["id"] for entry in json.loads(listed.stdout or b"[]") or []]
-
-
-async def history(client: httpx.AsyncClient, namespace: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    since = 0
-    while True:
-        response = await client.get("/events/history", params={"since": since, "limit": 1000})
-        assert response.status_code == 200, response.text
-        page = response.json()
-        found.extend(event for event in page["events"] if event["namespace"] == namespace)
-        if len(page["events"]) < 1000:
-            return found
-        since = page["last_id"]
 
 
 class Cycle:
