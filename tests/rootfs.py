@@ -23,7 +23,8 @@ def busybox_path() -> Path:
     return Path(found).resolve()
 
 
-def _entry(name: str, kind: bytes, mode: int, **fields: object) -> tarfile.TarInfo:
+def tar_entry(name: str, kind: bytes, mode: int, **fields: object) -> tarfile.TarInfo:
+    """A tar header for `name` of type `kind`, stamped now."""
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
@@ -43,10 +44,10 @@ def write_busybox_tar(destination: Path) -> Path:
     with tarfile.open(destination, "w") as archive:
         for directory, mode in (("bin", 0o755), ("dev", 0o755), ("etc", 0o755), ("proc", 0o555),
                                 ("root", 0o700), ("sys", 0o555), ("tmp", 0o1777)):
-            archive.addfile(_entry(directory, tarfile.DIRTYPE, mode))
+            archive.addfile(tar_entry(directory, tarfile.DIRTYPE, mode))
         archive.add(busybox, "bin/busybox", recursive=False)
         for applet in sorted(set(applets) - {"busybox"}):
-            archive.addfile(_entry(f"bin/{applet}", tarfile.SYMTYPE, 0o777, linkname="busybox"))
+            archive.addfile(tar_entry(f"bin/{applet}", tarfile.SYMTYPE, 0o777, linkname="busybox"))
         for name, content in files.items():
-            archive.addfile(_entry(name, tarfile.REGTYPE, 0o644, size=len(content)), io.BytesIO(content))
+            archive.addfile(tar_entry(name, tarfile.REGTYPE, 0o644, size=len(content)), io.BytesIO(content))
     return destination

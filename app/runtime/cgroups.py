@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import suppress
 from pathlib import Path
 
 
-def hierarchies() -> list[Path]:
-    """Mount points of every cgroup v1 hierarchy and of the v2 (unified) one."""
+@functools.cache
+def hierarchies() -> tuple[Path, ...]:
+    """Mount points of every cgroup v1 hierarchy and of the v2 (unified) one. Read once:
+    a host does not remount its cgroup hierarchies under a running daemon."""
     found = []
     with open("/proc/self/mountinfo") as mountinfo:
         for line in mountinfo:
             before, _, after = line.partition(" - ")
             if after.split()[0] in ("cgroup", "cgroup2"):
                 found.append(Path(before.split()[4]))
-    return found
+    return tuple(found)
 
 
 def remove_cgroup(relative: str, parents_up_to: str = "/cargohold") -> None:

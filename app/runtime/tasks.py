@@ -349,13 +349,6 @@ class TaskService:
         except ProcessLookupError:
             raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" has exited') from None
 
-    async def _process_exists(self, namespace: str, task_id: str, exec_id: str) -> bool:
-        try:
-            await self._store.get_process(namespace, task_id, exec_id)
-        except CargoholdError:
-            return False
-        return True
-
     # --- exits ------------------------------------------------------------------------
 
     def _watch(self, namespace: str, task_id: str, exec_id: str, started: Started) -> None:

@@ -16,7 +16,7 @@ import os
 import queue
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,15 +38,6 @@ class Snapshotter(Protocol):
 
     def mounts(self, data: Path, parents: list[Path], kind: SnapshotKind) -> list[Mount]:
         """What to mount to see the snapshot."""
-
-
-def shielded(cleanup: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Coroutine[Any, Any, None]]:
-    """Run `cleanup` to its end even if the task awaiting it is cancelled."""
-
-    async def run() -> None:
-        await asyncio.shield(cleanup())
-
-    return run
 
 
 class SnapshotService:

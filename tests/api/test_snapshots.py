@@ -23,7 +23,6 @@ import posixpath
 import sqlite3
 import stat
 import tarfile
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
@@ -39,7 +38,7 @@ from app.main import create_app
 from app.models import Mount
 from app.snapshots.mounts import mount_all, unmount
 from tests.conftest import BASE_URL, container_body
-from tests.rootfs import busybox_path, write_busybox_tar
+from tests.rootfs import busybox_path, tar_entry, write_busybox_tar
 
 pytestmark = pytest.mark.anyio
 
@@ -61,30 +60,20 @@ Json = dict[str, Any]
 Member = tuple[tarfile.TarInfo, bytes | None]
 
 
-def _info(name: str, kind: bytes, mode: int, **fields: Any) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.mtime = int(time.time())
-    for key, value in fields.items():
-        setattr(info, key, value)
-    return info
-
-
 def reg(name: str, data: bytes = b"", mode: int = 0o644) -> Member:
-    return _info(name, tarfile.REGTYPE, mode, size=len(data)), data
+    return tar_entry(name, tarfile.REGTYPE, mode, size=len(data)), data
 
 
 def dir_(name: str, mode: int = 0o755) -> Member:
-    return _info(name, tarfile.DIRTYPE, mode), None
+    return tar_entry(name, tarfile.DIRTYPE, mode), None
 
 
 def sym(name: str, target: str) -> Member:
-    return _info(name, tarfile.SYMTYPE, 0o777, linkname=target), None
+    return tar_entry(name, tarfile.SYMTYPE, 0o777, linkname=target), None
 
 
 def link(name: str, target: str) -> Member:
-    return _info(name, tarfile.LNKTYPE, 0o644, linkname=target), None
+    return tar_entry(name, tarfile.LNKTYPE, 0o644, linkname=target), None
 
 
 def whiteout(path: str) -> Member:
