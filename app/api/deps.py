@@ -1,4 +1,7 @@
-"""Injected things, each named once as an `Annotated` alias for the routers."""
+"""Injected things, each named once as an `Annotated` alias for the routers.
+
+Every dependency is `async def`: FastAPI runs a plain `def` dependency in its thread
+pool, a thread hop per dependency per request for what is an attribute lookup."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from ..runtime.tasks import TaskService
 from ..snapshots.service import SnapshotService
 
 
-def get_daemon(request: Request) -> Daemon:
+async def get_daemon(request: Request) -> Daemon:
     daemon: Daemon = request.state.daemon
     return daemon
 
@@ -23,23 +26,23 @@ def get_daemon(request: Request) -> Daemon:
 DaemonDep = Annotated[Daemon, Depends(get_daemon)]
 
 
-def get_containers(daemon: DaemonDep) -> ContainerService:
+async def get_containers(daemon: DaemonDep) -> ContainerService:
     return daemon.containers
 
 
-def get_namespaces(daemon: DaemonDep) -> NamespaceService:
+async def get_namespaces(daemon: DaemonDep) -> NamespaceService:
     return daemon.namespaces
 
 
-def get_events(daemon: DaemonDep) -> EventService:
+async def get_events(daemon: DaemonDep) -> EventService:
     return daemon.events
 
 
-def get_snapshots(daemon: DaemonDep) -> SnapshotService:
+async def get_snapshots(daemon: DaemonDep) -> SnapshotService:
     return daemon.snapshots
 
 
-def get_tasks(daemon: DaemonDep) -> TaskService:
+async def get_tasks(daemon: DaemonDep) -> TaskService:
     return daemon.tasks
 
 
@@ -50,7 +53,7 @@ Snapshots = Annotated[SnapshotService, Depends(get_snapshots)]
 Tasks = Annotated[TaskService, Depends(get_tasks)]
 
 
-def namespace_header(
+async def namespace_header(
     cargohold_namespace: Annotated[
         str,
         Header(
@@ -64,23 +67,23 @@ def namespace_header(
     return validate_identifier("namespace", cargohold_namespace)
 
 
-def container_id_path(
+async def container_id_path(
     container_id: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})],
 ) -> str:
     return validate_identifier("container id", container_id)
 
 
-def namespace_name_path(
+async def namespace_name_path(
     name: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})],
 ) -> str:
     return validate_identifier("namespace", name)
 
 
-def snapshot_key_path(key: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})]) -> str:
+async def snapshot_key_path(key: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})]) -> str:
     return validate_identifier("snapshot key", key)
 
 
-def exec_id_path(exec_id: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})]) -> str:
+async def exec_id_path(exec_id: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})]) -> str:
     return validate_identifier("exec id", exec_id)
 
 

@@ -108,6 +108,17 @@ def _int(path: Path) -> int | None:
     return int(text.strip()) if text is not None and text.strip().lstrip("-").isdigit() else None
 
 
+def read_oom_kill_count(relative: str, mode: CgroupMode, root: Path = CGROUP_ROOT) -> int | None:
+    """Only the OOM kill counter (one small file): the cheap check before a full read.
+    `root` as for read_v1 or read_v2, by `mode`. None if the cgroup is gone."""
+    if mode.uses_v2:
+        path = root / relative.lstrip("/") / "memory.events"
+    else:
+        path = root / "memory" / relative.lstrip("/") / "memory.oom_control"
+    text = _read(path)
+    return None if text is None else parse_flat_keyed(text).get("oom_kill", 0)
+
+
 def read_v1(relative: str, root: Path = CGROUP_ROOT) -> CgroupStats | None:
     """The figures of v1 cgroup `relative` (e.g. /cargohold/ns/id); None if it is gone."""
     memory = root / "memory" / relative.lstrip("/")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .cgroups import CGROUP_ROOT, CgroupMode, CgroupStats, read_v1, read_v2
+from .cgroups import CGROUP_ROOT, CgroupMode, CgroupStats, read_oom_kill_count, read_v1, read_v2
 from .oom import OomEventfd
 
 log = logging.getLogger(__name__)
@@ -124,9 +124,13 @@ class Monitor:
         watched = self._watched.get((namespace, container_id))
         if watched is None:
             return False
-        stats = await asyncio.to_thread(self._read, watched.cgroup)
-        if stats is not None:
-            await self._report_oom(namespace, container_id, watched, stats)
+        # One small file, read on the loop (cheaper than a thread hop); the full reading,
+        # which the /tasks/oom event carries, only when there is a kill to report.
+        count = read_oom_kill_count(watched.cgroup, self._mode, self._root)
+        if count is not None and count > watched.oom_reported:
+            stats = await asyncio.to_thread(self._read, watched.cgroup)
+            if stats is not None:
+                await self._report_oom(namespace, container_id, watched, stats)
         return watched.oom_reported > 0
 
     async def _check_oom_after_signal(self, namespace: str, container_id: str) -> bool:

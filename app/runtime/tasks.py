@@ -421,9 +421,17 @@ class TaskService:
         """Remove the runtime state, the cgroup, the rootfs mount and the task dir."""
         self._monitor.unwatch(namespace, task_id)
         runtime = self._runtimes.get(runtime_name)
-        if runtime is not None:
+        task_dir = self.task_dir(namespace, task_id)
+        if runtime is not None and _declares_poststop_hooks(task_dir / "bundle"):  # a small local file
+            # The runtime runs them at its delete, and they may look at the bundle.
             await runtime.delete(runtime_id(namespace, task_id))
-        await asyncio.to_thread(_remove_task_dir, self.task_dir(namespace, task_id))
+            runtime = None
+        # Otherwise independent: the runtime's delete (a process, the slow part) overlaps
+        # the unmount and the removal of the task dir.
+        await asyncio.gather(
+            asyncio.to_thread(_remove_task_dir, task_dir),
+            *([runtime.delete(runtime_id(namespace, task_id))] if runtime is not None else []),
+        )
         async with self._cgroup_lock:
             await asyncio.to_thread(remove_cgroup, cgroup_path(namespace, task_id))
 
@@ -572,6 +580,14 @@ def _kill_stray_conmon(task_dir: Path, rid: str) -> None:
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document))
+
+
+def _declares_poststop_hooks(bundle: Path) -> bool:
+    try:
+        config = json.loads((bundle / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return bool((config.get("hooks") or {}).get("poststop"))
 
 
 def _remove_task_dir(task_dir: Path) -> None:

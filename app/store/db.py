@@ -136,13 +136,17 @@ class Tx:
         cursor = await self._conn.execute(sql, params)
         return cursor.rowcount
 
+    async def insert(self, sql: str, *params: Any) -> int:
+        """Run an INSERT; return the new row's id."""
+        cursor = await self._conn.execute(sql, params)
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
     async def one(self, sql: str, *params: Any) -> Row | None:
-        async with self._conn.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        return await _fetch_one(self._conn, sql, params)
 
     async def all(self, sql: str, *params: Any) -> list[Row]:
-        async with self._conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        return await _fetch_all(self._conn, sql, params)
 
     async def exists(self, sql: str, *params: Any) -> bool:
         return await self.one(sql, *params) is not None
@@ -221,12 +225,20 @@ class Database:
             self.on_commit(tx.events)
 
     async def one(self, sql: str, *params: Any) -> Row | None:
-        async with self._reader.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        return await _fetch_one(self._reader, sql, params)
 
     async def all(self, sql: str, *params: Any) -> list[Row]:
-        async with self._reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        return await _fetch_all(self._reader, sql, params)
+
+
+async def _fetch_all(conn: aiosqlite.Connection, sql: str, params: tuple[Any, ...]) -> list[Row]:
+    # One trip to the connection's thread: execute + fetchone through a cursor takes three.
+    return list(await conn.execute_fetchall(sql, params))
+
+
+async def _fetch_one(conn: aiosqlite.Connection, sql: str, params: tuple[Any, ...]) -> Row | None:
+    rows = await _fetch_all(conn, sql, params)
+    return rows[0] if rows else None
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:

@@ -19,6 +19,9 @@ from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
 from .namespaces import namespace_not_found
 
+# Exits are pruned (by age and count) at every PRUNE_EVERY-th exit recorded.
+PRUNE_EVERY = 100
+
 _PROCESS_WHERE = "SELECT * FROM processes WHERE namespace = ? AND task_id = ? AND exec_id = ?"
 
 
@@ -130,13 +133,14 @@ class TaskStore:
     ) -> Task:
         """Record a state change the runtime has made; appends `topic`."""
         async with self._db.write() as tx:
-            await self._get_in(tx, namespace, task_id)
             # started_at is set by the first move to running (a resume keeps it).
-            await tx.execute(
+            changed = await tx.execute(
                 "UPDATE tasks SET status = ?, started_at = CASE WHEN ? = 'running'"
                 " THEN coalesce(started_at, ?) ELSE started_at END WHERE namespace = ? AND id = ?",
                 status.value, status.value, utcnow().isoformat(), namespace, task_id,
             )
+            if not changed:
+                raise task_not_found(namespace, task_id)
             await tx.append_event(namespace, topic, payload)
             return (await self._get_in(tx, namespace, task_id)).task
 
@@ -197,10 +201,11 @@ class TaskStore:
         for a process already recorded does nothing (recovery may see one twice)."""
         async with self._db.write() as tx:
             if exit_.exec_id is None:
-                row = await tx.one("SELECT exited FROM tasks WHERE namespace = ? AND id = ?", namespace, exit_.id)
-                if row is None or row["exited"]:
+                marked = await tx.execute(
+                    "UPDATE tasks SET exited = 1 WHERE namespace = ? AND id = ? AND exited = 0", namespace, exit_.id
+                )
+                if not marked:
                     return
-                await tx.execute("UPDATE tasks SET exited = 1 WHERE namespace = ? AND id = ?", namespace, exit_.id)
             else:
                 changed = await tx.execute(
                     "DELETE FROM processes WHERE namespace = ? AND task_id = ? AND exec_id = ?",
@@ -208,7 +213,7 @@ class TaskStore:
                 )
                 if not changed:
                     return
-            await tx.execute(
+            seq = await tx.insert(
                 "INSERT INTO exits (namespace, id, exec_id, pid, exit_status, exited_at, oom_killed)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 namespace, exit_.id, exit_.exec_id or "", exit_.pid, exit_.exit_status,
@@ -219,7 +224,10 @@ class TaskStore:
                 "exit_status": exit_.exit_status, "exited_at": exit_.exited_at.isoformat(),
                 "oom_killed": exit_.oom_killed,
             })
-            await self._prune_exits(tx, namespace)
+            # Pruning scans the namespace's exits: do it in steps, not on every exit (the
+            # bounds are approximate by design, as for events).
+            if seq % PRUNE_EVERY == 0:
+                await self._prune_exits(tx, namespace)
 
     async def record_oom(self, namespace: str, payload: dict[str, Any]) -> None:
         """Append /tasks/oom."""
