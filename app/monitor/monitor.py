@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .cgroups import CGROUP_ROOT, CgroupMode, CgroupStats, read_oom_kill_count, read_v1, read_v2
+from .cgroups import CGROUP_ROOT, CgroupMode, CgroupStats, OpenFiles, Reader, read_oom_kill_count, read_v1, read_v2
 from .oom import OomEventfd
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class _Watched:
     oom_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     eventfd: OomEventfd | None = None
     failing: bool = False
+    # Used by the poll thread only; closed by it too, after the poll that follows unwatch.
+    files: OpenFiles = field(default_factory=OpenFiles)
 
 
 class Monitor:
@@ -64,6 +66,10 @@ class Monitor:
         self._latest: dict[TaskKey, Figures] = {}
         self._poller: asyncio.Task[None] | None = None
         self._notifications: set[asyncio.Task[bool]] = set()
+        # Polls one at a time: the kept-open files of the cgroups belong to the poll
+        # thread, which also closes those of unwatched tasks (queued here) before reading.
+        self._poll_lock = asyncio.Lock()
+        self._unwatched_files: list[OpenFiles] = []
 
     def start(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever(), name="monitor.poll")
@@ -74,8 +80,10 @@ class Monitor:
             await asyncio.gather(self._poller, return_exceptions=True)
         if self._notifications:
             await asyncio.gather(*self._notifications, return_exceptions=True)
-        for key in list(self._watched):
-            self.unwatch(*key)
+        async with self._poll_lock:  # a cancelled poll's thread may still be reading
+            for key in list(self._watched):
+                self.unwatch(*key)
+            self._close_unwatched_files()
 
     # --- tasks --------------------------------------------------------------------
 
@@ -97,8 +105,10 @@ class Monitor:
         """Stop watching; the task's figures and eventfd go (its metric series disappear)."""
         watched = self._watched.pop((namespace, container_id), None)
         self._latest.pop((namespace, container_id), None)
-        if watched is not None and watched.eventfd is not None:
-            watched.eventfd.close()
+        if watched is not None:
+            self._unwatched_files.append(watched.files)
+            if watched.eventfd is not None:
+                watched.eventfd.close()
 
     def latest(self, namespace: str, container_id: str) -> Figures | None:
         return self._latest.get((namespace, container_id))
@@ -149,10 +159,9 @@ class Monitor:
 
     # --- internals ------------------------------------------------------------------
 
-    def _read(self, cgroup: str) -> CgroupStats | None:
-        if self._mode.uses_v2:
-            return read_v2(cgroup, self._root)
-        return read_v1(cgroup, self._root)
+    def _read(self, cgroup: str, read: Reader | None = None) -> CgroupStats | None:
+        reader = read_v2 if self._mode.uses_v2 else read_v1
+        return reader(cgroup, self._root) if read is None else reader(cgroup, self._root, read)
 
     def _notify(self, namespace: str, container_id: str) -> None:
         notification = asyncio.get_running_loop().create_task(
@@ -162,6 +171,8 @@ class Monitor:
         notification.add_done_callback(self._notifications.discard)
 
     async def _report_oom(self, namespace: str, container_id: str, watched: _Watched, stats: CgroupStats) -> None:
+        if (stats.oom_kill_count or 0) <= watched.oom_reported:
+            return  # the common case, checked without the lock
         async with watched.oom_lock:
             count = stats.oom_kill_count or 0
             if count > watched.oom_reported:
@@ -180,10 +191,14 @@ class Monitor:
 
     async def poll_once(self) -> None:
         """Read every watched cgroup (in one worker thread) and keep the figures."""
-        watched = dict(self._watched)
-        if not watched:
-            return
-        readings = await asyncio.to_thread(self._read_all, {key: w.cgroup for key, w in watched.items()})
+        async with self._poll_lock:
+            watched = dict(self._watched)
+            reading = asyncio.ensure_future(asyncio.to_thread(self._read_all, watched))
+            try:
+                readings = await asyncio.shield(reading)
+            except asyncio.CancelledError:
+                await asyncio.wait([reading])  # its thread goes on: hold the lock until it is done
+                raise
         now = datetime.now(UTC)
         for key, stats in readings.items():
             entry = watched[key]
@@ -200,12 +215,18 @@ class Monitor:
             # the poll is what catches it.
             await self._report_oom(key[0], key[1], entry, stats)
 
-    def _read_all(self, cgroups: dict[TaskKey, str]) -> dict[TaskKey, CgroupStats | None]:
+    def _read_all(self, watched: dict[TaskKey, _Watched]) -> dict[TaskKey, CgroupStats | None]:
         readings: dict[TaskKey, CgroupStats | None] = {}
-        for key, cgroup in cgroups.items():
+        for key, entry in watched.items():
             try:
-                readings[key] = self._read(cgroup)
+                readings[key] = self._read(entry.cgroup, entry.files.read)
             except Exception:  # one bad cgroup must not cost the others their figures
                 log.exception("reading the cgroup of %s/%s failed", *key)
                 readings[key] = None
+        # Last: a task unwatched while this ran may have been read (and its files reopened).
+        self._close_unwatched_files()
         return readings
+
+    def _close_unwatched_files(self) -> None:
+        while self._unwatched_files:
+            self._unwatched_files.pop().close()
