@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint openapi system-packages test-packages bench clean
+.PHONY: run test lint openapi system-packages test-packages bench bench-peers clean
 
 # The runtime's Debian packages (runc, crun, conmon; busybox-static for the test rootfs).
 RUNTIME_BINARIES := runc crun conmon busybox
@@ -47,6 +47,21 @@ lint: $(STAMP)
 ## bench: the workloads against the physical floor (bare runc run); writes bench/results.json
 bench: $(STAMP) system-packages
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## bench-peers: W1, W3, W5 through Cargohold and through a containerd of its own; writes bench/results-peers.json
+# Installs Debian's containerd when missing. Its postinst enables containerd.service and
+# starts it only under systemd (/run/systemd/system); if it did, that service is stopped
+# and disabled again: the harness runs its own containerd on private paths.
+bench-peers: $(STAMP) system-packages
+	@if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then \
+	  echo "installing containerd (for bench-peers)"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends containerd; \
+	  if [ -d /run/systemd/system ] && systemctl is-active --quiet containerd.service; then \
+	    echo "the containerd package started containerd.service: stopping and disabling it"; \
+	    systemctl disable --now containerd.service; \
+	  fi; \
+	fi
+	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
 ## openapi: regenerate openapi/openapi.json from the app (commit the result)
 openapi: $(STAMP)
