@@ -77,13 +77,17 @@ class ContainerService:
     async def get(self, namespace: str, container_id: str) -> Container:
         return await self._store.get(namespace, container_id)
 
-    async def find(self, namespace: str, filter_exprs: Sequence[str] = ()) -> list[Container]:
-        """Containers matching any of `filter_exprs`. Raises INVALID_ARGUMENT for a bad filter
-        (before touching the store) and NOT_FOUND for an unknown namespace."""
+    async def list_json(self, namespace: str, filter_exprs: Sequence[str] = ()) -> bytes:
+        """The JSON of `ContainerList` for the containers matching any of `filter_exprs`.
+        Raises INVALID_ARGUMENT for a bad filter (before touching the store) and
+        NOT_FOUND for an unknown namespace."""
         match = filters.parse(filter_exprs)
         if match is filters.MATCH_ALL:
-            return await self._store.list_in(namespace)
-        return await self._store.list_in(namespace, lambda head: match.matches(container_field(head)))
+            return await self._store.list_json(namespace)
+        # The store narrows with the filter's equalities in SQL; `matches` still decides.
+        return await self._store.list_json(
+            namespace, lambda head: match.matches(container_field(head)), match.equalities()
+        )
 
     async def update(
         self,

@@ -58,6 +58,8 @@ from typing import NoReturn
 from app.errors import invalid
 
 FieldGetter = Callable[[Sequence[str]], str | None]
+Equality = tuple[tuple[str, ...], str]
+"""A field path and the value an `==` selector requires it to have."""
 
 _FIELD = re.compile(r"[A-Za-z0-9_-]+")  # containerd's scanner, wider than its grammar
 _OPERATOR = re.compile(r"[=!~]+")  # scanned greedily, as containerd: "==!" is one token
@@ -97,6 +99,17 @@ class Filter:
 
     def matches(self, field: FieldGetter) -> bool:
         return any(all(s.matches(field) for s in sels) for sels in self._alternatives)
+
+    def equalities(self) -> tuple[tuple[Equality, ...], ...]:
+        """Per alternative, the `==` selectors' (path, value) pairs: every object that
+        alternative matches has each field present and equal to its value.
+
+        This lets a store narrow its candidates (an index, a SQL ``WHERE``) before
+        `matches` decides: the pairs are necessary, never sufficient, since the other
+        selectors are left out. An alternative with no pairs can match anything."""
+        return tuple(
+            tuple((s.path, s.value) for s in sels if s.op == "==") for sels in self._alternatives
+        )
 
 
 MATCH_ALL = Filter(((),))
