@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,6 @@ NS = "ns1"
 SPEC: dict[str, Any] = {"ociVersion": "1.0.2", "root": {"path": "rootfs"}}
 # What FastAPI does with a route's response model: validate, then dump_json.
 LIST = TypeAdapter(ContainerList)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "metadata.db")
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 @pytest.fixture

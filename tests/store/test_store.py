@@ -5,7 +5,6 @@ committed is there after the database is reopened."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ SPEC = {"ociVersion": "1.0.2", "root": {"path": "rootfs"}}
 
 def fields(**labels: str) -> ContainerFields:
     return ContainerFields.model_validate({"spec": SPEC, "labels": labels})
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "metadata.db")
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
