@@ -10,7 +10,7 @@ task exits, and that is not an error.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -61,12 +61,14 @@ class CgroupStats:
 
 def parse_flat_keyed(text: str) -> dict[str, int]:
     """`key value` lines (memory.stat, cpu.stat, memory.events, memory.oom_control)."""
-    values: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-            values[parts[0]] = int(parts[1])
-    return values
+    words = text.split()
+    lines = text.splitlines()
+    pairs: Iterable[tuple[str, str]]
+    if len(words) == 2 * len(lines):  # every line is `key value`, as the kernel writes them
+        pairs = zip(words[0::2], words[1::2], strict=True)
+    else:
+        pairs = ((parts[0], parts[1]) for parts in map(str.split, lines) if len(parts) == 2)
+    return {key: int(value) for key, value in pairs if value.lstrip("-").isdigit()}
 
 
 def parse_v1_blkio(text: str) -> dict[str, int]:

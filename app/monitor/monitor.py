@@ -214,7 +214,8 @@ class Monitor:
             self._latest[key] = Figures(stats=stats, read_at=now)
             # Also with an eventfd: it can fire before the kernel counts the kill, and then
             # the poll is what catches it.
-            await self._report_oom(key[0], key[1], entry, stats)
+            if (stats.oom_kill_count or 0) > entry.oom_reported:
+                await self._report_oom(key[0], key[1], entry, stats)
 
     def _read_all(self, watched: dict[TaskKey, _Watched]) -> dict[TaskKey, CgroupStats | None]:
         readings: dict[TaskKey, CgroupStats | None] = {}
