@@ -192,6 +192,8 @@ class Monitor:
 
     async def poll_once(self) -> None:
         """Read every watched cgroup (in one worker thread) and keep the figures."""
+        if not self._watched and not self._unwatched_files:
+            return
         async with self._poll_lock:
             watched = dict(self._watched)
             reading = asyncio.ensure_future(asyncio.to_thread(self._read_all, watched))
