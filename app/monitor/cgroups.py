@@ -111,7 +111,7 @@ def _pread_all(fd: int) -> str:
     return data.decode()
 
 
-def _read(path: str) -> str | None:
+def read_file(path: str) -> str | None:
     """One read of a small file (os.open/os.pread: pathlib costs several times the
     kernel's own read here)."""
     try:
@@ -165,11 +165,11 @@ def read_oom_kill_count(relative: str, mode: CgroupMode, root: Path = CGROUP_ROO
     """Only the OOM kill counter (one small file): the cheap check before a full read.
     `root` as for read_v1 or read_v2, by `mode`. None if the cgroup is gone."""
     group = relative.strip("/")
-    text = _read(f"{root}/{group}/memory.events" if mode.uses_v2 else f"{root}/memory/{group}/memory.oom_control")
+    text = read_file(f"{root}/{group}/memory.events" if mode.uses_v2 else f"{root}/memory/{group}/memory.oom_control")
     return None if text is None else parse_flat_keyed(text).get("oom_kill", 0)
 
 
-def read_v1(relative: str, root: Path = CGROUP_ROOT, read: Reader = _read) -> CgroupStats | None:
+def read_v1(relative: str, root: Path = CGROUP_ROOT, read: Reader = read_file) -> CgroupStats | None:
     """The figures of v1 cgroup `relative` (e.g. /cargohold/ns/id); None if it is gone.
     `read` reads one file (`OpenFiles.read` to keep them open between polls)."""
     group = relative.strip("/")
@@ -201,7 +201,7 @@ def read_v1(relative: str, root: Path = CGROUP_ROOT, read: Reader = _read) -> Cg
     return stats
 
 
-def read_v2(relative: str, root: Path = CGROUP_ROOT, read: Reader = _read) -> CgroupStats | None:
+def read_v2(relative: str, root: Path = CGROUP_ROOT, read: Reader = read_file) -> CgroupStats | None:
     """The figures of v2 cgroup `relative` under the unified mount `root`; None if gone."""
     group = f"{root}/{relative.strip('/')}"
     usage = read(f"{group}/memory.current")

@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .cgroups import CGROUP_ROOT, CgroupMode, CgroupStats, OpenFiles, Reader, read_oom_kill_count, read_v1, read_v2
+from .cgroups import (
+    CGROUP_ROOT,
+    CgroupMode,
+    CgroupStats,
+    OpenFiles,
+    Reader,
+    read_file,
+    read_oom_kill_count,
+    read_v1,
+    read_v2,
+)
 from .oom import OomEventfd
 
 log = logging.getLogger(__name__)
@@ -68,7 +78,7 @@ class Monitor:
         self._poller: asyncio.Task[None] | None = None
         self._notifications: set[asyncio.Task[bool]] = set()
         # Polls one at a time: the kept-open files of the cgroups belong to the poll
-        # thread, which also closes those of unwatched tasks (queued here) before reading.
+        # thread, which also closes those of unwatched tasks (queued here) after reading.
         self._poll_lock = asyncio.Lock()
         self._unwatched_files: list[OpenFiles] = []
 
@@ -160,9 +170,8 @@ class Monitor:
 
     # --- internals ------------------------------------------------------------------
 
-    def _read(self, cgroup: str, read: Reader | None = None) -> CgroupStats | None:
-        reader = read_v2 if self._mode.uses_v2 else read_v1
-        return reader(cgroup, self._root) if read is None else reader(cgroup, self._root, read)
+    def _read(self, cgroup: str, read: Reader = read_file) -> CgroupStats | None:
+        return (read_v2 if self._mode.uses_v2 else read_v1)(cgroup, self._root, read)
 
     def _notify(self, namespace: str, container_id: str) -> None:
         notification = asyncio.get_running_loop().create_task(
@@ -216,8 +225,7 @@ class Monitor:
             self._latest[key] = Figures(stats=stats, read_at=now)
             # Also with an eventfd: it can fire before the kernel counts the kill, and then
             # the poll is what catches it.
-            if (stats.oom_kill_count or 0) > entry.oom_reported:
-                await self._report_oom(key[0], key[1], entry, stats)
+            await self._report_oom(key[0], key[1], entry, stats)
 
     def _read_all(self, watched: dict[TaskKey, _Watched]) -> dict[TaskKey, CgroupStats | None]:
         readings: dict[TaskKey, CgroupStats | None] = {}
