@@ -36,14 +36,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from bench.run import (
     OOM_SCRIPT,
-    ROOT,
     Report,
     daemon,
     expect,
@@ -52,6 +51,7 @@ from bench.run import (
     w1_run_to_completion,
     w3_oom_notice,
     w5_fanout,
+    write_results,
 )
 from tests.rootfs import write_busybox_tar
 
@@ -685,15 +685,9 @@ async def main(argv: list[str] | None = None) -> int:
     report.print()
     versions["runc"] = tool_version("runc", "--version")
     versions["ctr"] = tool_version("ctr", "--version")
-    results = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-                    "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]},  # before, after
-        "versions": versions,
-        "command": "make bench-peers",
-        "rows": report.rows,
-    }
-    (ROOT / "bench" / "results-peers.json").write_text(json.dumps(results, indent=2))
+    write_results("results-peers.json", "make bench-peers", report,
+                  {"load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]},  # before, after
+                  versions=versions)
     return 0
 
 

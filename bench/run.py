@@ -556,14 +556,22 @@ async def main(argv: list[str] | None = None) -> int:
                 await w4_footprint(d, report, args.quick, fresh_idle)
                 await monitor_loop_hold(work, report)
     report.print()
+    write_results("results.json", "make bench", report)
+    return 0
+
+
+def write_results(name: str, command: str, report: Report, machine: dict[str, Any] | None = None,
+                  **extra: Any) -> None:
+    """bench/<name>: the rows with the date, the machine (plus `machine`) and the command."""
     results = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
-        "command": "make bench",
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+                    **(machine or {})},
+        **extra,
+        "command": command,
         "rows": report.rows,
     }
-    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2))
-    return 0
+    (ROOT / "bench" / name).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
