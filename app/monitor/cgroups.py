@@ -71,6 +71,22 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
     return {key: int(value) for key, value in pairs if value.lstrip("-").isdigit()}
 
 
+def pick_flat_keyed(text: str, *keys: str) -> dict[str, int]:
+    """Only `keys` of a flat-keyed file: memory.stat has some forty lines, and parsing them
+    all was the largest part of reading a cgroup."""
+    lines = "\n" + text
+    values: dict[str, int] = {}
+    for key in keys:
+        at = lines.find(f"\n{key} ")
+        if at >= 0:
+            start = at + len(key) + 2
+            end = lines.find("\n", start)
+            value = lines[start:end] if end >= 0 else lines[start:]
+            if value.lstrip("-").isdigit():
+                values[key] = int(value)
+    return values
+
+
 def parse_v1_blkio(text: str) -> dict[str, int]:
     """blkio.throttle.io_service_bytes: `MAJ:MIN Op bytes` lines, summed per op."""
     totals: dict[str, int] = {}
@@ -183,7 +199,7 @@ def read_v1(relative: str, root: Path = CGROUP_ROOT, read: Reader = read_file) -
     stats.memory_limit_bytes = parse_limit(limit) if limit is not None else None
     stats.memory_max_usage_bytes = _int_of(read(f"{memory}/memory.max_usage_in_bytes"))
     stats.memory_failcnt = _int_of(read(f"{memory}/memory.failcnt"))
-    memory_stat = parse_flat_keyed(read(f"{memory}/memory.stat") or "")
+    memory_stat = pick_flat_keyed(read(f"{memory}/memory.stat") or "", "total_rss", "rss", "total_cache", "cache")
     stats.memory_rss_bytes = memory_stat.get("total_rss", memory_stat.get("rss"))
     stats.memory_cache_bytes = memory_stat.get("total_cache", memory_stat.get("cache"))
     stats.oom_kill_count = parse_flat_keyed(read(f"{memory}/memory.oom_control") or "").get("oom_kill")
@@ -212,7 +228,7 @@ def read_v2(relative: str, root: Path = CGROUP_ROOT, read: Reader = read_file) -
     limit = read(f"{group}/memory.max")
     stats.memory_limit_bytes = parse_limit(limit) if limit is not None else None
     stats.memory_max_usage_bytes = _int_of(read(f"{group}/memory.peak"))
-    memory_stat = parse_flat_keyed(read(f"{group}/memory.stat") or "")
+    memory_stat = pick_flat_keyed(read(f"{group}/memory.stat") or "", "anon", "file")
     stats.memory_rss_bytes = memory_stat.get("anon")
     stats.memory_cache_bytes = memory_stat.get("file")
     events = parse_flat_keyed(read(f"{group}/memory.events") or "")

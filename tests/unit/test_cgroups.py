@@ -27,6 +27,7 @@ from app.monitor.cgroups import (
     parse_limit,
     parse_v1_blkio,
     parse_v2_io,
+    pick_flat_keyed,
     read_v1,
     read_v2,
 )
@@ -165,6 +166,24 @@ def test_memory_stat_v2_every_key() -> None:
     # Keys that share a prefix with the ones read are separate entries.
     assert parsed["anon_thp"] == 438304768 and parsed["file_mapped"] == 656187392
     assert parsed["thp_collapse_alloc"] == 443
+
+
+def test_pick_flat_keyed_takes_the_keys_asked_and_agrees_with_the_full_parse() -> None:
+    for text in (fixture("memory.stat"), V1_MEMORY_STAT):
+        full = parse_flat_keyed(text)
+        keys = [line.split()[0] for line in text.splitlines()]
+        # First line, last line, and keys that are prefixes of others (anon / anon_thp, rss / rss_huge).
+        assert pick_flat_keyed(text, *keys) == full
+        assert pick_flat_keyed(text.rstrip("\n"), keys[-1]) == {keys[-1]: full[keys[-1]]}
+    assert pick_flat_keyed(fixture("memory.stat"), "anon", "file") == {"anon": 790425600, "file": 6502666240}
+    assert pick_flat_keyed(V1_MEMORY_STAT, "rss", "total_rss") == {"rss": parse_flat_keyed(V1_MEMORY_STAT)["rss"],
+                                                                   "total_rss": 19812352}
+
+
+def test_pick_flat_keyed_leaves_out_what_is_missing_or_not_a_number() -> None:
+    assert pick_flat_keyed("anon 5\nfile x\n", "file", "shmem", "ano") == {}
+    assert pick_flat_keyed("delta -3\n", "delta") == {"delta": -3}
+    assert pick_flat_keyed("", "anon") == {}
 
 
 def test_cpu_stat_v2() -> None:
