@@ -232,11 +232,11 @@ class ContainerStore:
 
         Raises ALREADY_EXISTS, or VALIDATION when `snapshot_key` names no snapshot."""
         async with self._db.write() as tx:
-            await ensure_namespace(tx, namespace)
+            ensure_namespace(tx, namespace)
             if fields.snapshot_key:
                 snapshotter = fields.snapshotter or self._default_snapshotter
-                await require_snapshot(tx, namespace, snapshotter, fields.snapshot_key)
-            if await tx.exists(
+                require_snapshot(tx, namespace, snapshotter, fields.snapshot_key)
+            if tx.exists(
                 "SELECT 1 FROM containers WHERE namespace = ? AND id = ?", namespace, container_id
             ):
                 raise CargoholdError(
@@ -244,12 +244,12 @@ class ContainerStore:
                     f'container "{container_id}" already exists in namespace "{namespace}"',
                 )
             now = utcnow().isoformat()
-            await tx.execute(
+            tx.execute(
                 f"INSERT INTO containers (namespace, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 namespace, container_id, *_columns(fields, self._default_snapshotter), now, now,
             )
-            created = await self._get_in(tx, namespace, container_id)
-            await tx.append_event(namespace, Topic.CONTAINER_CREATE, _event(created))
+            created = self._get_in(tx, namespace, container_id)
+            tx.append_event(namespace, Topic.CONTAINER_CREATE, _event(created))
             return created
 
     async def get(self, namespace: str, container_id: str) -> Container:
@@ -334,53 +334,53 @@ class ContainerStore:
         A snapshot the container no longer pins is released as on delete: its data dirs
         are returned for the caller to remove."""
         async with self._db.write() as tx:
-            current = await self._get_in(tx, namespace, container_id)
+            current = self._get_in(tx, namespace, container_id)
             fields = apply(current)
             snapshotter = fields.snapshotter or self._default_snapshotter
             pinned = (snapshotter, fields.snapshot_key)
             if fields.snapshot_key and pinned != (current.snapshotter, current.snapshot_key):
-                await require_snapshot(tx, namespace, snapshotter, fields.snapshot_key)
-            await tx.execute(
+                require_snapshot(tx, namespace, snapshotter, fields.snapshot_key)
+            tx.execute(
                 "UPDATE containers SET labels = ?, image = ?, runtime = ?, spec = ?, snapshotter = ?,"
                 " snapshot_key = ?, extensions = ?, updated_at = ? WHERE namespace = ? AND id = ?",
                 *_columns(fields, self._default_snapshotter), utcnow().isoformat(),
                 namespace, container_id,
             )
-            updated = await self._get_in(tx, namespace, container_id)
-            await tx.append_event(namespace, Topic.CONTAINER_UPDATE, _event(updated))
+            updated = self._get_in(tx, namespace, container_id)
+            tx.append_event(namespace, Topic.CONTAINER_UPDATE, _event(updated))
             if pinned == (current.snapshotter, current.snapshot_key):
                 return updated, []
-            return updated, await self._release(tx, namespace, current)
+            return updated, self._release(tx, namespace, current)
 
     async def delete(self, namespace: str, container_id: str) -> list[DataDir]:
         """Delete the row (appends /containers/delete), then release its active snapshot
         if nothing else uses it (appends /snapshot/remove). Returns the released
         snapshots' data dirs for the caller to remove once committed."""
         async with self._db.write() as tx:
-            deleted = await self._get_in(tx, namespace, container_id)
-            if await tx.exists("SELECT 1 FROM tasks WHERE namespace = ? AND id = ?", namespace, container_id):
+            deleted = self._get_in(tx, namespace, container_id)
+            if tx.exists("SELECT 1 FROM tasks WHERE namespace = ? AND id = ?", namespace, container_id):
                 raise CargoholdError(
                     ErrorKind.CONFLICT, f'container "{container_id}" has a task; delete the task first'
                 )
-            await tx.execute(
+            tx.execute(
                 "DELETE FROM containers WHERE namespace = ? AND id = ?", namespace, container_id
             )
-            await tx.append_event(namespace, Topic.CONTAINER_DELETE, {"id": container_id})
-            return await self._release(tx, namespace, deleted)
+            tx.append_event(namespace, Topic.CONTAINER_DELETE, {"id": container_id})
+            return self._release(tx, namespace, deleted)
 
-    async def _release(self, tx: Tx, namespace: str, container: Container) -> list[DataDir]:
+    def _release(self, tx: Tx, namespace: str, container: Container) -> list[DataDir]:
         if not container.snapshot_key:
             return []
-        released = await release_unreferenced(tx, namespace, container.snapshotter, container.snapshot_key)
+        released = release_unreferenced(tx, namespace, container.snapshotter, container.snapshot_key)
         return [released] if released else []
 
-    async def _get_in(self, tx: Tx, namespace: str, container_id: str) -> Container:
-        row = await tx.one(
+    def _get_in(self, tx: Tx, namespace: str, container_id: str) -> Container:
+        row = tx.one(
             f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? AND id = ?",
             namespace, container_id,
         )
         if row is None:
-            if not await tx.exists("SELECT 1 FROM namespaces WHERE name = ?", namespace):
+            if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", namespace):
                 raise namespace_not_found(namespace)
             raise container_not_found(namespace, container_id)
         return _container(row)

@@ -25,20 +25,20 @@ def _namespace(row: Row) -> Namespace:
     )
 
 
-async def ensure_namespace(tx: Tx, name: str) -> None:
+def ensure_namespace(tx: Tx, name: str) -> None:
     """Create `name` inside `tx` if it does not exist yet (appends /namespaces/create)."""
-    if not await tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
-        await _insert(tx, name, {})
+    if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
+        _insert(tx, name, {})
 
 
-async def _insert(tx: Tx, name: str, labels: dict[str, str]) -> Namespace:
+def _insert(tx: Tx, name: str, labels: dict[str, str]) -> Namespace:
     now = utcnow().isoformat()
-    await tx.execute(
+    tx.execute(
         "INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)",
         name, dumps(labels), now, now,
     )
-    await tx.append_event(name, Topic.NAMESPACE_CREATE, {"name": name, "labels": labels})
-    row = await tx.one("SELECT * FROM namespaces WHERE name = ?", name)
+    tx.append_event(name, Topic.NAMESPACE_CREATE, {"name": name, "labels": labels})
+    row = tx.one("SELECT * FROM namespaces WHERE name = ?", name)
     assert row is not None
     return _namespace(row)
 
@@ -50,9 +50,9 @@ class NamespaceStore:
     async def create(self, name: str, labels: dict[str, str]) -> Namespace:
         """Raises ALREADY_EXISTS."""
         async with self._db.write() as tx:
-            if await tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
+            if tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
                 raise CargoholdError(ErrorKind.ALREADY_EXISTS, f'namespace "{name}" already exists')
-            return await _insert(tx, name, labels)
+            return _insert(tx, name, labels)
 
     async def get(self, name: str) -> Namespace:
         row = await self._db.one("SELECT * FROM namespaces WHERE name = ?", name)
@@ -71,27 +71,27 @@ class NamespaceStore:
     ) -> Namespace:
         """Replace the labels with `new_labels(current)` (which may raise); appends /namespaces/update."""
         async with self._db.write() as tx:
-            row = await tx.one("SELECT * FROM namespaces WHERE name = ?", name)
+            row = tx.one("SELECT * FROM namespaces WHERE name = ?", name)
             if row is None:
                 raise namespace_not_found(name)
             labels = new_labels(_namespace(row))
-            await tx.execute(
+            tx.execute(
                 "UPDATE namespaces SET labels = ?, updated_at = ? WHERE name = ?",
                 dumps(labels), utcnow().isoformat(), name,
             )
-            await tx.append_event(name, Topic.NAMESPACE_UPDATE, {"name": name, "labels": labels})
-            updated = await tx.one("SELECT * FROM namespaces WHERE name = ?", name)
+            tx.append_event(name, Topic.NAMESPACE_UPDATE, {"name": name, "labels": labels})
+            updated = tx.one("SELECT * FROM namespaces WHERE name = ?", name)
             assert updated is not None
             return _namespace(updated)
 
     async def delete(self, name: str) -> None:
         """Raises NOT_FOUND, or CONFLICT while the namespace holds any object."""
         async with self._db.write() as tx:
-            if not await tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
+            if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
                 raise namespace_not_found(name)
             held = []
             for table, noun in (("containers", "container"), ("snapshots", "snapshot")):
-                row = await tx.one(f"SELECT count(*) AS n FROM {table} WHERE namespace = ?", name)
+                row = tx.one(f"SELECT count(*) AS n FROM {table} WHERE namespace = ?", name)
                 if row is not None and row["n"]:
                     held.append(f"{row['n']} {noun}(s)")
             if held:
@@ -99,5 +99,5 @@ class NamespaceStore:
                     ErrorKind.CONFLICT,
                     f'namespace "{name}" is not empty: it holds {" and ".join(held)}; delete them first',
                 )
-            await tx.execute("DELETE FROM namespaces WHERE name = ?", name)
-            await tx.append_event(name, Topic.NAMESPACE_DELETE, {"name": name})
+            tx.execute("DELETE FROM namespaces WHERE name = ?", name)
+            tx.append_event(name, Topic.NAMESPACE_DELETE, {"name": name})

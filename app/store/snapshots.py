@@ -55,8 +55,8 @@ def _record(row: Row) -> SnapshotRecord:
     )
 
 
-async def _get_in(tx: Tx, namespace: str, snapshotter: str, key: str) -> SnapshotRecord:
-    row = await tx.one(
+def _get_in(tx: Tx, namespace: str, snapshotter: str, key: str) -> SnapshotRecord:
+    row = tx.one(
         "SELECT * FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
         namespace, snapshotter, key,
     )
@@ -65,25 +65,25 @@ async def _get_in(tx: Tx, namespace: str, snapshotter: str, key: str) -> Snapsho
     return _record(row)
 
 
-async def release_unreferenced(tx: Tx, namespace: str, snapshotter: str, key: str) -> DataDir | None:
+def release_unreferenced(tx: Tx, namespace: str, snapshotter: str, key: str) -> DataDir | None:
     """Inside `tx`: remove active snapshot `key` if no container references it and it has no
     children (appends /snapshot/remove); return its data dir for the caller to delete."""
-    row = await tx.one(
+    row = tx.one(
         "SELECT * FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ? AND kind = 'active'",
         namespace, snapshotter, key,
     )
-    if row is None or await _in_use(tx, namespace, snapshotter, key) is not None:
+    if row is None or _in_use(tx, namespace, snapshotter, key) is not None:
         return None
-    await tx.execute(
+    tx.execute(
         "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?", namespace, snapshotter, key
     )
-    await tx.append_event(namespace, Topic.SNAPSHOT_REMOVE, {"key": key, "snapshotter": snapshotter})
+    tx.append_event(namespace, Topic.SNAPSHOT_REMOVE, {"key": key, "snapshotter": snapshotter})
     return DataDir(snapshotter, row["dir"])
 
 
-async def require_snapshot(tx: Tx, namespace: str, snapshotter: str, key: str) -> None:
+def require_snapshot(tx: Tx, namespace: str, snapshotter: str, key: str) -> None:
     """Inside `tx`: raise VALIDATION unless snapshot `key` exists (a container may pin it)."""
-    if not await tx.exists(
+    if not tx.exists(
         "SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?", namespace, snapshotter, key
     ):
         raise CargoholdError(
@@ -93,15 +93,15 @@ async def require_snapshot(tx: Tx, namespace: str, snapshotter: str, key: str) -
         )
 
 
-async def _in_use(tx: Tx, namespace: str, snapshotter: str, key: str) -> str | None:
+def _in_use(tx: Tx, namespace: str, snapshotter: str, key: str) -> str | None:
     """Why `key` cannot be removed, or None."""
-    child = await tx.one(
+    child = tx.one(
         "SELECT key FROM snapshots WHERE namespace = ? AND snapshotter = ? AND parent = ? LIMIT 1",
         namespace, snapshotter, key,
     )
     if child is not None:
         return f'it is the parent of snapshot "{child["key"]}"'
-    container = await tx.one(
+    container = tx.one(
         "SELECT id FROM containers WHERE namespace = ? AND snapshotter = ? AND snapshot_key = ? LIMIT 1",
         namespace, snapshotter, key,
     )
@@ -128,8 +128,8 @@ class SnapshotStore:
         /snapshot/commit for a committed one (an import). Raises ALREADY_EXISTS, or VALIDATION
         when `parent` is missing or not committed."""
         async with self._db.write() as tx:
-            await ensure_namespace(tx, namespace)
-            if await tx.exists(
+            ensure_namespace(tx, namespace)
+            if tx.exists(
                 "SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 namespace, snapshotter, key,
             ):
@@ -138,20 +138,20 @@ class SnapshotStore:
                     f'snapshot "{key}" already exists in snapshotter "{snapshotter}" of namespace "{namespace}"',
                 )
             if parent is not None:
-                await self._require_committed_parent(tx, namespace, snapshotter, parent)
+                self._require_committed_parent(tx, namespace, snapshotter, parent)
             now = utcnow().isoformat()
-            await tx.execute(
+            tx.execute(
                 "INSERT INTO snapshots (namespace, snapshotter, key, kind, parent, labels, dir, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 namespace, snapshotter, key, kind.value, parent, dumps(labels), data_dir, now, now,
             )
             if kind is SnapshotKind.COMMITTED:
                 payload = {"key": key, "name": key, "parent": parent, "snapshotter": snapshotter}
-                await tx.append_event(namespace, Topic.SNAPSHOT_COMMIT, payload)
+                tx.append_event(namespace, Topic.SNAPSHOT_COMMIT, payload)
             else:
                 payload = {"key": key, "parent": parent, "snapshotter": snapshotter}
-                await tx.append_event(namespace, Topic.SNAPSHOT_PREPARE, payload)
-            return (await _get_in(tx, namespace, snapshotter, key)).snapshot
+                tx.append_event(namespace, Topic.SNAPSHOT_PREPARE, payload)
+            return (_get_in(tx, namespace, snapshotter, key)).snapshot
 
     async def get(self, namespace: str, snapshotter: str, key: str) -> SnapshotRecord:
         row = await self._db.one(
@@ -187,45 +187,45 @@ class SnapshotStore:
         """Turn active snapshot `key` into committed snapshot `name`; appends /snapshot/commit.
         Raises NOT_FOUND, CONFLICT (not active, or in use), ALREADY_EXISTS (name taken)."""
         async with self._db.write() as tx:
-            record = await _get_in(tx, namespace, snapshotter, key)
+            record = _get_in(tx, namespace, snapshotter, key)
             if record.snapshot.kind is not SnapshotKind.ACTIVE:
                 raise CargoholdError(
                     ErrorKind.CONFLICT,
                     f'snapshot "{key}" is {record.snapshot.kind.value}; only an active snapshot can be committed',
                 )
-            if name != key and await tx.exists(
+            if name != key and tx.exists(
                 "SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 namespace, snapshotter, name,
             ):
                 raise CargoholdError(
                     ErrorKind.ALREADY_EXISTS, f'snapshot "{name}" already exists in snapshotter "{snapshotter}"'
                 )
-            reason = await _in_use(tx, namespace, snapshotter, key)
+            reason = _in_use(tx, namespace, snapshotter, key)
             if reason is not None:
                 raise CargoholdError(ErrorKind.CONFLICT, f'snapshot "{key}" cannot be committed: {reason}')
-            await tx.execute(
+            tx.execute(
                 "UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, updated_at = ?"
                 " WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 name, dumps(labels or record.snapshot.labels), utcnow().isoformat(), namespace, snapshotter, key,
             )
-            await tx.append_event(
+            tx.append_event(
                 namespace, Topic.SNAPSHOT_COMMIT, {"key": key, "name": name, "snapshotter": snapshotter}
             )
-            return (await _get_in(tx, namespace, snapshotter, name)).snapshot
+            return (_get_in(tx, namespace, snapshotter, name)).snapshot
 
     async def remove(self, namespace: str, snapshotter: str, key: str) -> DataDir:
         """Delete the row; appends /snapshot/remove; return its data dir for the caller to
         delete. Raises NOT_FOUND, or CONFLICT while a container or a child snapshot uses it."""
         async with self._db.write() as tx:
-            record = await _get_in(tx, namespace, snapshotter, key)
-            reason = await _in_use(tx, namespace, snapshotter, key)
+            record = _get_in(tx, namespace, snapshotter, key)
+            reason = _in_use(tx, namespace, snapshotter, key)
             if reason is not None:
                 raise CargoholdError(ErrorKind.CONFLICT, f'snapshot "{key}" is in use: {reason}')
-            await tx.execute(
+            tx.execute(
                 "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 namespace, snapshotter, key,
             )
-            await tx.append_event(namespace, Topic.SNAPSHOT_REMOVE, {"key": key, "snapshotter": snapshotter})
+            tx.append_event(namespace, Topic.SNAPSHOT_REMOVE, {"key": key, "snapshotter": snapshotter})
             return record.data_dir
 
     async def data_dirs(self, snapshotter: str) -> set[str]:
@@ -233,8 +233,8 @@ class SnapshotStore:
         rows = await self._db.all("SELECT dir FROM snapshots WHERE snapshotter = ?", snapshotter)
         return {row["dir"] for row in rows}
 
-    async def _require_committed_parent(self, tx: Tx, namespace: str, snapshotter: str, parent: str) -> None:
-        row = await tx.one(
+    def _require_committed_parent(self, tx: Tx, namespace: str, snapshotter: str, parent: str) -> None:
+        row = tx.one(
             "SELECT kind FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
             namespace, snapshotter, parent,
         )

@@ -78,15 +78,15 @@ class TaskStore:
     async def add(self, namespace: str, task_id: str, pid: int, conmon_pid: int, runtime: str) -> Task:
         """Record a created task; appends /tasks/create. Raises CONFLICT if one exists."""
         async with self._db.write() as tx:
-            if await tx.exists("SELECT 1 FROM tasks WHERE namespace = ? AND id = ?", namespace, task_id):
+            if tx.exists("SELECT 1 FROM tasks WHERE namespace = ? AND id = ?", namespace, task_id):
                 raise CargoholdError(ErrorKind.CONFLICT, f'container "{task_id}" already has a task')
-            await tx.execute(
+            tx.execute(
                 "INSERT INTO tasks (namespace, id, pid, conmon_pid, status, runtime, created_at)"
                 " VALUES (?, ?, ?, ?, 'created', ?, ?)",
                 namespace, task_id, pid, conmon_pid, runtime, utcnow().isoformat(),
             )
-            await tx.append_event(namespace, Topic.TASK_CREATE, {"container_id": task_id, "pid": pid})
-            return (await self._get_in(tx, namespace, task_id)).task
+            tx.append_event(namespace, Topic.TASK_CREATE, {"container_id": task_id, "pid": pid})
+            return (self._get_in(tx, namespace, task_id)).task
 
     async def find(self, namespace: str, task_id: str) -> TaskRecord | None:
         try:
@@ -134,33 +134,33 @@ class TaskStore:
         """Record a state change the runtime has made; appends `topic`."""
         async with self._db.write() as tx:
             # started_at is set by the first move to running (a resume keeps it).
-            changed = await tx.execute(
+            changed = tx.execute(
                 "UPDATE tasks SET status = ?, started_at = CASE WHEN ? = 'running'"
                 " THEN coalesce(started_at, ?) ELSE started_at END WHERE namespace = ? AND id = ?",
                 status.value, status.value, utcnow().isoformat(), namespace, task_id,
             )
             if not changed:
                 raise task_not_found(namespace, task_id)
-            await tx.append_event(namespace, topic, payload)
-            return (await self._get_in(tx, namespace, task_id)).task
+            tx.append_event(namespace, topic, payload)
+            return (self._get_in(tx, namespace, task_id)).task
 
     async def add_process(self, namespace: str, task_id: str, exec_id: str, spec: dict[str, Any]) -> Process:
         """Record an exec process (not started); appends /tasks/exec-added. CONFLICT if the id is taken."""
         async with self._db.write() as tx:
-            await self._get_in(tx, namespace, task_id)
-            if await tx.exists(
+            self._get_in(tx, namespace, task_id)
+            if tx.exists(
                 _PROCESS_WHERE.replace("*", "1"), namespace, task_id, exec_id
             ):
                 raise CargoholdError(
                     ErrorKind.CONFLICT, f'task "{task_id}" already has an exec process "{exec_id}"'
                 )
-            await tx.execute(
+            tx.execute(
                 "INSERT INTO processes (namespace, task_id, exec_id, status, spec, created_at)"
                 " VALUES (?, ?, ?, 'created', ?, ?)",
                 namespace, task_id, exec_id, dumps(spec), utcnow().isoformat(),
             )
-            await tx.append_event(namespace, Topic.TASK_EXEC_ADDED, {"container_id": task_id, "exec_id": exec_id})
-            row = await tx.one(
+            tx.append_event(namespace, Topic.TASK_EXEC_ADDED, {"container_id": task_id, "exec_id": exec_id})
+            row = tx.one(
                 _PROCESS_WHERE, namespace, task_id, exec_id
             )
             assert row is not None
@@ -181,15 +181,15 @@ class TaskStore:
     ) -> Process:
         """Record a started exec process; appends /tasks/exec-started."""
         async with self._db.write() as tx:
-            await tx.execute(
+            tx.execute(
                 "UPDATE processes SET pid = ?, conmon_pid = ?, status = 'running'"
                 " WHERE namespace = ? AND task_id = ? AND exec_id = ?",
                 pid, conmon_pid, namespace, task_id, exec_id,
             )
-            await tx.append_event(
+            tx.append_event(
                 namespace, Topic.TASK_EXEC_STARTED, {"container_id": task_id, "exec_id": exec_id, "pid": pid}
             )
-            row = await tx.one(
+            row = tx.one(
                 _PROCESS_WHERE, namespace, task_id, exec_id
             )
             assert row is not None
@@ -201,25 +201,25 @@ class TaskStore:
         for a process already recorded does nothing (recovery may see one twice)."""
         async with self._db.write() as tx:
             if exit_.exec_id is None:
-                marked = await tx.execute(
+                marked = tx.execute(
                     "UPDATE tasks SET exited = 1 WHERE namespace = ? AND id = ? AND exited = 0", namespace, exit_.id
                 )
                 if not marked:
                     return
             else:
-                changed = await tx.execute(
+                changed = tx.execute(
                     "DELETE FROM processes WHERE namespace = ? AND task_id = ? AND exec_id = ?",
                     namespace, exit_.id, exit_.exec_id,
                 )
                 if not changed:
                     return
-            seq = await tx.insert(
+            seq = tx.insert(
                 "INSERT INTO exits (namespace, id, exec_id, pid, exit_status, exited_at, oom_killed)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 namespace, exit_.id, exit_.exec_id or "", exit_.pid, exit_.exit_status,
                 exit_.exited_at.isoformat(), int(exit_.oom_killed),
             )
-            await tx.append_event(namespace, Topic.TASK_EXIT, {
+            tx.append_event(namespace, Topic.TASK_EXIT, {
                 "container_id": exit_.id, "id": exit_.exec_id or exit_.id, "pid": exit_.pid,
                 "exit_status": exit_.exit_status, "exited_at": exit_.exited_at.isoformat(),
                 "oom_killed": exit_.oom_killed,
@@ -227,19 +227,19 @@ class TaskStore:
             # Pruning scans the namespace's exits: do it in steps, not on every exit (the
             # bounds are approximate by design, as for events).
             if seq % PRUNE_EVERY == 0:
-                await self._prune_exits(tx, namespace)
+                self._prune_exits(tx, namespace)
 
     async def record_oom(self, namespace: str, payload: dict[str, Any]) -> None:
         """Append /tasks/oom."""
         async with self._db.write() as tx:
-            await tx.append_event(namespace, Topic.TASK_OOM, payload)
+            tx.append_event(namespace, Topic.TASK_OOM, payload)
 
     async def delete(self, namespace: str, task_id: str, exit_: Exit) -> None:
         """Remove the task row (its teardown is done); appends /tasks/delete."""
         async with self._db.write() as tx:
-            changed = await tx.execute("DELETE FROM tasks WHERE namespace = ? AND id = ?", namespace, task_id)
+            changed = tx.execute("DELETE FROM tasks WHERE namespace = ? AND id = ?", namespace, task_id)
             if changed:
-                await tx.append_event(namespace, Topic.TASK_DELETE, {
+                tx.append_event(namespace, Topic.TASK_DELETE, {
                     "container_id": task_id, "pid": exit_.pid, "exit_status": exit_.exit_status,
                     "exited_at": exit_.exited_at.isoformat(),
                 })
@@ -251,20 +251,20 @@ class TaskStore:
         )
         return _exit(row) if row is not None else None
 
-    async def _prune_exits(self, tx: Tx, namespace: str) -> None:
+    def _prune_exits(self, tx: Tx, namespace: str) -> None:
         oldest = (utcnow() - self._exit_max_age).isoformat()
-        await tx.execute("DELETE FROM exits WHERE namespace = ? AND exited_at < ?", namespace, oldest)
-        await tx.execute(
+        tx.execute("DELETE FROM exits WHERE namespace = ? AND exited_at < ?", namespace, oldest)
+        tx.execute(
             "DELETE FROM exits WHERE namespace = ? AND seq <= ("
             " SELECT seq FROM exits WHERE namespace = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
             namespace, namespace, self._exit_retention,
         )
 
-    async def _get_in(self, tx: Tx, namespace: str, task_id: str) -> TaskRecord:
-        row = await tx.one("SELECT * FROM tasks WHERE namespace = ? AND id = ?", namespace, task_id)
+    def _get_in(self, tx: Tx, namespace: str, task_id: str) -> TaskRecord:
+        row = tx.one("SELECT * FROM tasks WHERE namespace = ? AND id = ?", namespace, task_id)
         if row is None:
             raise task_not_found(namespace, task_id)
-        processes = await tx.all(
+        processes = tx.all(
             "SELECT * FROM processes WHERE namespace = ? AND task_id = ? ORDER BY created_at", namespace, task_id
         )
         return self._task(row, processes)

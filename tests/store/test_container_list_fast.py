@@ -135,7 +135,7 @@ async def test_each_shape_alone(store: ContainerStore, shapes: list[str], contai
 async def test_timestamps(store: ContainerStore, db: Database, stored: str) -> None:
     await store.create(NS, "web", fields())
     async with db.write() as tx:
-        await tx.execute("UPDATE containers SET created_at = ?, updated_at = ?", stored, stored)
+        tx.execute("UPDATE containers SET created_at = ?, updated_at = ?", stored, stored)
     assert await store.list_json(NS) == await pydantic_body(store, ["web"])
 
 

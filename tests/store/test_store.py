@@ -69,10 +69,10 @@ async def test_rollback_on_error_inside_update_undoes_everything(db: Database) -
 async def test_exception_in_transaction_rolls_back_rows_and_events(db: Database) -> None:
     with pytest.raises(RuntimeError):
         async with db.write() as tx:
-            await tx.execute(
+            tx.execute(
                 "INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES ('x', '{}', '', '')"
             )
-            await tx.append_event("x", "/namespaces/create", {"name": "x"})
+            tx.append_event("x", "/namespaces/create", {"name": "x"})
             raise RuntimeError("boom")
     assert await NamespaceStore(db).list_all() == []
     assert await EventStore(db).last_id() == 0
@@ -112,7 +112,7 @@ async def test_schema_is_migrated_once_and_foreign_keys_hold(tmp_path: Path) -> 
     try:
         with pytest.raises(sqlite3.IntegrityError):
             async with db.write() as tx:
-                await tx.execute(
+                tx.execute(
                     "INSERT INTO containers VALUES ('nowhere', 'c', '{}', '', '{}', '{}', '', '', '{}', '', '')"
                 )
     finally:
