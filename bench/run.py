@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -237,6 +238,12 @@ async def bare_oom_notice(bundle: Path, state: Path, name: str) -> float:
         subprocess.run(["runc", f"--root={state}", "delete", "--force", name], check=False)
 
 
+def remove_bench_cgroups() -> None:
+    """The floors' cgroups (/cargohold-bench/...), emptied when their containers went."""
+    subprocess.run(["sh", "-c", "for h in /sys/fs/cgroup/*/cargohold-bench; do find $h -depth -type d "
+                    "-exec rmdir {} \\; ; done 2>/dev/null"], check=False)
+
+
 # --- workloads ---------------------------------------------------------------------------------
 
 
@@ -267,9 +274,45 @@ async def w1_run_to_completion(d: Daemon, work: Path, tar: Path, runs: int, repo
                 phases[phase].append(ms(seconds))
             totals.append(ms(t5 - t0))
     floor = [ms(s) for s in bare_runc_run(bundle, floor_state, runs)]
+    path = await runtime_path(bundle, work / "runtime-path", runs)
     report.add("W1", "run to completion", "ms", summary(totals), summary(floor), f"{runs} sequential runs")
     for phase, samples in phases.items():
         report.add("W1", f"  phase: {phase}", "ms", summary(samples))
+    path_totals = [sum(steps) for steps in zip(*path.values(), strict=True)]
+    report.add("W1", "runtime path alone (no daemon)", "ms", summary(path_totals), summary(floor),
+               "the daemon's Conmon and OCIRuntime, driven directly")
+    for step, samples in path.items():
+        report.add("W1", f"  step: {step}", "ms", summary(samples))
+
+
+async def runtime_path(bundle: Path, work: Path, runs: int) -> dict[str, list[float]]:
+    """W1's runtime steps with no daemon around them: the daemon's own Conmon and
+    OCIRuntime on the floor's bundle. W1 minus this is what the daemon adds (HTTP,
+    SQLite, the snapshot, the bundle, the rootfs mount, the teardown's other parts)."""
+    from app.runtime.conmon import Conmon, ExitWatch
+    from app.runtime.oci import OCIRuntime
+
+    runtime = OCIRuntime("runc", shutil.which("runc") or "runc", work / "runc")
+    conmon = Conmon(shutil.which("conmon") or "conmon", 1 << 20)
+    steps: dict[str, list[float]] = {k: [] for k in ("conmon + runc create", "runc start", "exit seen", "runc delete")}
+    for index in range(runs + 3):
+        name, task_dir = f"path{index}", work / f"path{index}"
+        t0 = time.perf_counter()
+        started = await conmon.create(name, bundle, runtime, task_dir, task_dir / "log")
+        t1 = time.perf_counter()
+        exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ExitWatch(started.conmon_pid, functools.partial(exited.set_result, None))
+        await runtime.start(name)
+        t2 = time.perf_counter()
+        await exited
+        t3 = time.perf_counter()
+        await runtime.delete(name)
+        t4 = time.perf_counter()
+        shutil.rmtree(task_dir)
+        if index >= 3:  # warm-up
+            for step, seconds in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                steps[step].append(ms(seconds))
+    return steps
 
 
 async def delete_container(client: httpx.AsyncClient, name: str) -> None:
@@ -372,8 +415,7 @@ async def w3_oom_notice(d: Daemon, work: Path, tar: Path, runs: int, report: Rep
         config["linux"]["cgroupsPath"] = f"/cargohold-bench/oom{index}"
         (bundle / "config.json").write_text(json.dumps(config))
         floors.append(ms(await bare_oom_notice(bundle, work / "oom-runc", f"oom{index}")))
-    subprocess.run(["sh", "-c", "for h in /sys/fs/cgroup/*/cargohold-bench; do find $h -depth -type d "
-                    "-exec rmdir {} \\; ; done 2>/dev/null"], check=False)
+    remove_bench_cgroups()
     samples = []
     async with d.client() as client, d.client() as watcher:
         for index in range(runs):
@@ -555,6 +597,7 @@ async def main(argv: list[str] | None = None) -> int:
             if "W4" in chosen:
                 await w4_footprint(d, report, args.quick, fresh_idle)
                 await monitor_loop_hold(work, report)
+    remove_bench_cgroups()
     report.print()
     write_results("results.json", "make bench", report)
     return 0
