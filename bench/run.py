@@ -297,18 +297,23 @@ async def runtime_path(bundle: Path, work: Path, runs: int) -> dict[str, list[fl
     steps: dict[str, list[float]] = {k: [] for k in ("conmon + runc create", "runc start", "exit seen", "runc delete")}
     for index in range(runs + 3):
         name, task_dir = f"path{index}", work / f"path{index}"
-        t0 = time.perf_counter()
-        started = await conmon.create(name, bundle, runtime, task_dir, task_dir / "log")
-        t1 = time.perf_counter()
-        exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ExitWatch(started.conmon_pid, functools.partial(exited.set_result, None))
-        await runtime.start(name)
-        t2 = time.perf_counter()
-        await exited
-        t3 = time.perf_counter()
-        await runtime.delete(name)
-        t4 = time.perf_counter()
-        shutil.rmtree(task_dir)
+        try:
+            t0 = time.perf_counter()
+            started = await conmon.create(name, bundle, runtime, task_dir, task_dir / "log")
+            t1 = time.perf_counter()
+            exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            ExitWatch(started.conmon_pid, functools.partial(exited.set_result, None))
+            await runtime.start(name)
+            t2 = time.perf_counter()
+            await asyncio.wait_for(exited, 30)
+            t3 = time.perf_counter()
+            await runtime.delete(name)
+            t4 = time.perf_counter()
+        except BaseException:
+            await runtime.delete(name)  # kills and removes what a failed step left
+            raise
+        finally:
+            shutil.rmtree(task_dir, ignore_errors=True)
         if index >= 3:  # warm-up
             for step, seconds in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 steps[step].append(ms(seconds))

@@ -74,14 +74,14 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
 def pick_flat_keyed(text: str, *keys: str) -> dict[str, int]:
     """Only `keys` of a flat-keyed file: memory.stat has some forty lines, and parsing them
     all was the largest part of reading a cgroup."""
-    lines = "\n" + text
+    searched = "\n" + text  # so that the first key, too, follows a newline
     values: dict[str, int] = {}
     for key in keys:
-        at = lines.find(f"\n{key} ")
+        at = searched.find(f"\n{key} ")
         if at >= 0:
             start = at + len(key) + 2
-            end = lines.find("\n", start)
-            value = lines[start:end] if end >= 0 else lines[start:]
+            end = searched.find("\n", start)
+            value = searched[start:end] if end >= 0 else searched[start:]
             if value.lstrip("-").isdigit():
                 values[key] = int(value)
     return values
