@@ -236,9 +236,7 @@ class ContainerStore:
             if fields.snapshot_key:
                 snapshotter = fields.snapshotter or self._default_snapshotter
                 require_snapshot(tx, namespace, snapshotter, fields.snapshot_key)
-            if tx.exists(
-                "SELECT 1 FROM containers WHERE namespace = ? AND id = ?", namespace, container_id
-            ):
+            if tx.exists("SELECT 1 FROM containers WHERE namespace = ? AND id = ?", namespace, container_id):
                 raise CargoholdError(
                     ErrorKind.ALREADY_EXISTS,
                     f'container "{container_id}" already exists in namespace "{namespace}"',

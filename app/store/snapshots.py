@@ -151,7 +151,7 @@ class SnapshotStore:
             else:
                 payload = {"key": key, "parent": parent, "snapshotter": snapshotter}
                 tx.append_event(namespace, Topic.SNAPSHOT_PREPARE, payload)
-            return (_get_in(tx, namespace, snapshotter, key)).snapshot
+            return _get_in(tx, namespace, snapshotter, key).snapshot
 
     async def get(self, namespace: str, snapshotter: str, key: str) -> SnapshotRecord:
         row = await self._db.one(
@@ -211,7 +211,7 @@ class SnapshotStore:
             tx.append_event(
                 namespace, Topic.SNAPSHOT_COMMIT, {"key": key, "name": name, "snapshotter": snapshotter}
             )
-            return (_get_in(tx, namespace, snapshotter, name)).snapshot
+            return _get_in(tx, namespace, snapshotter, name).snapshot
 
     async def remove(self, namespace: str, snapshotter: str, key: str) -> DataDir:
         """Delete the row; appends /snapshot/remove; return its data dir for the caller to

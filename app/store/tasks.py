@@ -86,7 +86,7 @@ class TaskStore:
                 namespace, task_id, pid, conmon_pid, runtime, utcnow().isoformat(),
             )
             tx.append_event(namespace, Topic.TASK_CREATE, {"container_id": task_id, "pid": pid})
-            return (self._get_in(tx, namespace, task_id)).task
+            return self._get_in(tx, namespace, task_id).task
 
     async def find(self, namespace: str, task_id: str) -> TaskRecord | None:
         try:
@@ -142,15 +142,13 @@ class TaskStore:
             if not changed:
                 raise task_not_found(namespace, task_id)
             tx.append_event(namespace, topic, payload)
-            return (self._get_in(tx, namespace, task_id)).task
+            return self._get_in(tx, namespace, task_id).task
 
     async def add_process(self, namespace: str, task_id: str, exec_id: str, spec: dict[str, Any]) -> Process:
         """Record an exec process (not started); appends /tasks/exec-added. CONFLICT if the id is taken."""
         async with self._db.write() as tx:
             self._get_in(tx, namespace, task_id)
-            if tx.exists(
-                _PROCESS_WHERE.replace("*", "1"), namespace, task_id, exec_id
-            ):
+            if tx.exists(_PROCESS_WHERE.replace("*", "1"), namespace, task_id, exec_id):
                 raise CargoholdError(
                     ErrorKind.CONFLICT, f'task "{task_id}" already has an exec process "{exec_id}"'
                 )
@@ -160,9 +158,7 @@ class TaskStore:
                 namespace, task_id, exec_id, dumps(spec), utcnow().isoformat(),
             )
             tx.append_event(namespace, Topic.TASK_EXEC_ADDED, {"container_id": task_id, "exec_id": exec_id})
-            row = tx.one(
-                _PROCESS_WHERE, namespace, task_id, exec_id
-            )
+            row = tx.one(_PROCESS_WHERE, namespace, task_id, exec_id)
             assert row is not None
             return _process(row).process
 
@@ -189,9 +185,7 @@ class TaskStore:
             tx.append_event(
                 namespace, Topic.TASK_EXEC_STARTED, {"container_id": task_id, "exec_id": exec_id, "pid": pid}
             )
-            row = tx.one(
-                _PROCESS_WHERE, namespace, task_id, exec_id
-            )
+            row = tx.one(_PROCESS_WHERE, namespace, task_id, exec_id)
             assert row is not None
             return _process(row).process
 
