@@ -89,42 +89,44 @@ def ms(seconds: float) -> float:
 
 
 @dataclass
-class Daemon:
+class Server:
+    """A server subprocess on a unix socket: the daemon, or the null server (the HTTP floor)."""
+
     process: subprocess.Popen[bytes]
     socket: Path
-    root: Path
-    state: Path
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
         return httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=120, **kwargs)
 
 
+@dataclass
+class Daemon(Server):
+    root: Path
+    state: Path
+
+
 @asynccontextmanager
-async def daemon(work: Path, *extra: str) -> AsyncIterator[Daemon]:
-    root, state = work / "root", work / "state"
-    sock = state / "cargohold.sock"
-    work.mkdir(parents=True, exist_ok=True)
-    log = open(work / "daemon.log", "ab")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "cargohold"), "serve", "--root", str(root), "--state", str(state),
-         "--listen", f"unix://{sock}", "--log-level", "warning", *extra],
-        stdout=log, stderr=log,
-    )
-    handle = Daemon(process, sock, root, state)
+async def serving(command: list[str], sock: Path, log_path: Path, probe: str,
+                  env: dict[str, str] | None = None) -> AsyncIterator[Server]:
+    """Start `command`, wait until `GET probe` answers 200 on `sock`; SIGTERM it at the end."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, **(env or {})})
+    server = Server(process, sock)
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                async with handle.client() as client:
-                    if (await client.get("/healthz")).status_code == 200:
+                async with server.client() as client:
+                    if (await client.get(probe)).status_code == 200:
                         break
             except (httpx.TransportError, OSError):
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"the daemon did not start; see {work / 'daemon.log'}")
+                raise RuntimeError(f"{command[0]} did not start; see {log_path}")
             await asyncio.sleep(0.05)
-        yield handle
+        yield server
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -133,6 +135,27 @@ async def daemon(work: Path, *extra: str) -> AsyncIterator[Daemon]:
             process.kill()
             process.wait()
         log.close()
+
+
+@asynccontextmanager
+async def daemon(work: Path, *extra: str) -> AsyncIterator[Daemon]:
+    root, state = work / "root", work / "state"
+    sock = state / "cargohold.sock"
+    command = [str(ROOT / ".venv" / "bin" / "cargohold"), "serve", "--root", str(root), "--state", str(state),
+               "--listen", f"unix://{sock}", "--log-level", "warning", *extra]
+    async with serving(command, sock, work / "daemon.log", "/healthz") as server:
+        yield Daemon(server.process, sock, root, state)
+
+
+@asynccontextmanager
+async def null_server(work: Path) -> AsyncIterator[Server]:
+    """The HTTP floor (bench/null_server.py): the same uvicorn, an app that does nothing.
+    A request's `Body-Bytes` header sets the size of the body it gets back."""
+    sock = work / "null.sock"
+    command = [sys.executable, "-m", "uvicorn", "bench.null_server:app", "--uds", str(sock), "--http", "httptools",
+               "--lifespan", "off", "--no-access-log", "--log-level", "warning"]
+    async with serving(command, sock, work / "null-server.log", "/", {"PYTHONPATH": str(ROOT)}) as server:
+        yield server
 
 
 def rss_kib(pid: int) -> int:
@@ -247,42 +270,65 @@ def remove_bench_cgroups() -> None:
 # --- workloads ---------------------------------------------------------------------------------
 
 
+W1_PHASES = ("prepare+container", "task create", "start", "wait", "delete")
+
+
+def w1_requests(name: str) -> list[tuple[str, str, str, dict[str, Any] | None, int]]:
+    """One W1 run: (phase, method, path, JSON body, expected status) of each request."""
+    return [
+        ("prepare+container", "POST", "/snapshots", {"key": name, "parent": "busybox"}, 201),
+        ("prepare+container", "POST", "/containers", {"id": name, "snapshot_key": name, "spec": spec(["/bin/true"])},
+         201),
+        ("task create", "POST", "/tasks", {"container_id": name}, 201),
+        ("start", "POST", f"/tasks/{name}/start", None, 200),
+        # wait answers once the task is deleted too (exit means delete): the container can go
+        ("wait", "POST", f"/tasks/{name}/wait", None, 200),
+        ("delete", "DELETE", f"/containers/{name}", None, 204),
+    ]
+
+
+async def w1_runs(server: Server, runs: int, floor: bool = False) -> dict[str, list[float]]:
+    """W1's requests, `runs` times after 3 of warm-up: ms per phase, per run. `floor`: the
+    server is the null server, which answers 200 to everything."""
+    phases: dict[str, list[float]] = {phase: [] for phase in W1_PHASES}
+    async with server.client() as client:
+        for index in range(runs + 3):
+            spent = dict.fromkeys(W1_PHASES, 0.0)
+            for phase, method, path, body, status in w1_requests(f"w1-{index}"):
+                started = time.perf_counter()
+                await expect(client.request(method, path, json=body), 200 if floor else status)
+                spent[phase] += time.perf_counter() - started
+            if index >= 3:
+                for phase, seconds in spent.items():
+                    phases[phase].append(ms(seconds))
+    return phases
+
+
 async def w1_run_to_completion(d: Daemon, work: Path, tar: Path, runs: int, report: Report) -> None:
     bundle = work / "floor-bundle"
     write_bundle(bundle, tar, ["/bin/true"], "/cargohold-bench/w1")
     floor_state = work / "floor-runc"
     bare_runc_run(bundle, floor_state, 3)  # warm-up
-    phases: dict[str, list[float]] = {k: [] for k in ("prepare+container", "task create", "start", "wait", "delete")}
-    totals = []
-    async with d.client() as client:
-        for index in range(runs + 3):
-            name = f"w1-{index}"
-            t0 = time.perf_counter()
-            await make_container(client, name, ["/bin/true"])
-            t1 = time.perf_counter()
-            await expect(client.post("/tasks", json={"container_id": name}), 201)
-            t2 = time.perf_counter()
-            await expect(client.post(f"/tasks/{name}/start"), 200)
-            t3 = time.perf_counter()
-            await expect(client.post(f"/tasks/{name}/wait"), 200)
-            t4 = time.perf_counter()
-            await delete_container(client, name)
-            t5 = time.perf_counter()
-            if index < 3:
-                continue  # warm-up
-            for phase, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
-                phases[phase].append(ms(seconds))
-            totals.append(ms(t5 - t0))
-    floor = [ms(s) for s in bare_runc_run(bundle, floor_state, runs)]
+    phases = await w1_runs(d, runs)
+    totals = [sum(run) for run in zip(*phases.values(), strict=True)]
+    floor = summary([ms(s) for s in bare_runc_run(bundle, floor_state, runs)])
     path = await runtime_path(bundle, work / "runtime-path", runs)
-    report.add("W1", "run to completion", "ms", summary(totals), summary(floor), f"{runs} sequential runs")
+    path_totals = [sum(run) for run in zip(*path.values(), strict=True)]
+    async with null_server(work) as null:
+        http = await w1_runs(null, runs, floor=True)
+    http_totals = [sum(run) for run in zip(*http.values(), strict=True)]
+    report.add("W1", "run to completion", "ms", summary(totals), floor, f"{runs} sequential runs")
     for phase, samples in phases.items():
         report.add("W1", f"  phase: {phase}", "ms", summary(samples))
-    path_totals = [sum(steps) for steps in zip(*path.values(), strict=True)]
-    report.add("W1", "runtime path alone (no daemon)", "ms", summary(path_totals), summary(floor),
+    report.add("W1", "runtime path alone (no daemon)", "ms", summary(path_totals), floor,
                "the daemon's Conmon and OCIRuntime, driven directly")
     for step, samples in path.items():
         report.add("W1", f"  step: {step}", "ms", summary(samples))
+    report.add("W1", "HTTP floor: the 6 requests, a server doing nothing", "ms", summary(http_totals), floor,
+               "httpx + uvicorn alone (bench/null_server.py)")
+    report.add("W1", "runtime path + HTTP floor", "ms",
+               summary([a + b for a, b in zip(path_totals, http_totals, strict=True)]), floor,
+               "what any daemon driving conmon over this HTTP stack starts from")
 
 
 async def runtime_path(bundle: Path, work: Path, runs: int) -> dict[str, list[float]]:
@@ -335,36 +381,46 @@ async def delete_container(client: httpx.AsyncClient, name: str) -> None:
 @dataclass
 class Throughput:
     ops_per_second: float
-    daemon_cpu_ms_per_op: float  # the daemon's own cost, whatever the client can drive
+    server_cpu_ms_per_op: float  # the server's own cost, whatever the client can drive
+    client_cpu_ms_per_op: float  # this process's (httpx's) cost
+
+
+# Requests in flight in W2's throughput runs. The one client process is the bottleneck:
+# httpx costs it 1-2 ms of CPU a request, and more per request the more connections it
+# juggles. Measured here (1,000 each, two rounds): with 4 in flight creates ran at
+# 307-426/s and gets at 584-767/s, with 16 at 230-293/s and 430-595/s.
+W2_IN_FLIGHT = 4
 
 
 async def timed_ops(
-    d: Daemon, count: int, operation: Callable[[httpx.AsyncClient, int], Awaitable[Any]], concurrency: int = 16
+    server: Server, count: int, operation: Callable[[httpx.AsyncClient, int], Awaitable[Any]],
+    concurrency: int = W2_IN_FLIGHT,
 ) -> Throughput:
     """`count` calls of `operation`, `concurrency` in flight, each worker on a connection
     of its own (httpx's shared pool costs the client O(connections) per request)."""
     queue = iter(range(count))
 
     async def worker() -> None:
-        async with d.client() as client:
+        async with server.client() as client:
             for index in queue:
                 await operation(client, index)
 
-    cpu_before = cpu_seconds(d.process.pid)
+    server_before, client_before = cpu_seconds(server.process.pid), time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    cpu = cpu_seconds(d.process.pid) - cpu_before
-    return Throughput(count / elapsed, 1000 * cpu / count)
+    server_cpu, client_cpu = cpu_seconds(server.process.pid) - server_before, time.process_time() - client_before
+    return Throughput(count / elapsed, 1000 * server_cpu / count, 1000 * client_cpu / count)
 
 
 def add_throughput(report: Report, metric: str, result: Throughput, note: str = "") -> None:
     report.add("W2", metric, "ops/s", round(result.ops_per_second, 1), None,
-               f"daemon CPU {result.daemon_cpu_ms_per_op:.2f} ms/op"
-               f" (= {1000 / result.daemon_cpu_ms_per_op:,.0f}/s per core){note}")
+               f"server CPU {result.server_cpu_ms_per_op:.2f} ms/op"
+               f" (= {1000 / result.server_cpu_ms_per_op:,.0f}/s per core), client {result.client_cpu_ms_per_op:.2f}"
+               f"{note}")
 
 
-async def w2_metadata(d: Daemon, report: Report, quick: bool) -> None:
+async def w2_metadata(d: Daemon, work: Path, report: Report, quick: bool) -> None:
     spec_doc = spec(["/bin/true"])
     count = 1000
     headers = {"Cargohold-Namespace": "w2"}
@@ -375,20 +431,31 @@ async def w2_metadata(d: Daemon, report: Report, quick: bool) -> None:
 
     creates = await timed_ops(d, count, lambda c, i: expect(c.post("/containers", json=body(i), headers=headers), 201))
     gets = await timed_ops(d, count, lambda c, i: expect(c.get(f"/containers/c{i}", headers=headers), 200))
+    async with d.client() as client:
+        get_size = len((await expect(client.get("/containers/c0", headers=headers), 200)).content)
     patches = await timed_ops(d, count, lambda c, i: expect(c.patch(
         f"/containers/c{i}", json={"labels": {"tier": "db"}}, headers=headers), 200))
     async with d.client() as client:
         for _ in range(3):  # warm-up
             await timed(client.get("/containers", headers=headers))
         list_all = [ms(await timed(client.get("/containers", headers=headers))) for _ in range(20)]
+        list_size = len((await expect(client.get("/containers", headers=headers), 200)).content)
         list_filtered = [ms(await timed(client.get("/containers", params={"filter": "labels.app==app3"},
                                                     headers=headers))) for _ in range(20)]
     deletes = await timed_ops(d, count, lambda c, i: expect(c.delete(f"/containers/c{i}", headers=headers), 204))
-    add_throughput(report, "create 1,000 (3 labels each)", creates, "; 16 in flight")
+    async with null_server(work) as null:
+        sized = {**headers, "Body-Bytes": str(get_size)}
+        floor = await timed_ops(null, count, lambda c, i: expect(c.get(f"/containers/c{i}", headers=sized), 200))
+        async with null.client(headers={**headers, "Body-Bytes": str(list_size)}) as client:
+            list_floor = [ms(await timed(client.get("/containers"))) for _ in range(23)][3:]
+    add_throughput(report, "HTTP floor: the same gets, a server doing nothing", floor,
+                   f"; {get_size} B bodies, as a get's (bench/null_server.py)")
+    add_throughput(report, "create 1,000 (3 labels each)", creates, f"; {W2_IN_FLIGHT} in flight")
     add_throughput(report, "get", gets)
     add_throughput(report, "patch one label", patches)
     add_throughput(report, "delete", deletes)
-    report.add("W2", "list 1,000 (full specs)", "ms", summary(list_all))
+    report.add("W2", "list 1,000 (full specs)", "ms", summary(list_all), summary(list_floor),
+               f"floor: a body as large ({list_size:,} B) from a server doing nothing")
     report.add("W2", "list filtered to 100 of 1,000", "ms", summary(list_filtered))
     big = 2000 if quick else 10_000
     big_headers = {"Cargohold-Namespace": "w2big"}
@@ -594,7 +661,7 @@ async def main(argv: list[str] | None = None) -> int:
             if "W1" in chosen:
                 await w1_run_to_completion(d, work, tar, args.runs, report)
             if "W2" in chosen:
-                await w2_metadata(d, report, args.quick)
+                await w2_metadata(d, work, report, args.quick)
             if "W3" in chosen:
                 await w3_oom_notice(d, work, tar, 3 if args.quick else 10, report)
             if "W5" in chosen:
