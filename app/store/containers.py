@@ -1,7 +1,12 @@
 """Container rows: pure metadata, no runtime state.
 
-Lists are the hot read: `list_json` has SQLite write the response body from the stored
-JSON text, and narrows filtered lists in SQL before the filter decides in Python.
+A container is stored as its document: the JSON the API serves for it, as pydantic
+writes it, in `doc`. Beside it, columns copied from it hold what SQL keys, joins and
+filters on: the members of `ContainerHead` (id, labels, image, runtime, snapshotter,
+snapshot_key), as containerd keeps a record's encoded value beside its index buckets.
+So a list is the documents joined, which SQLite does in one statement with no per-row
+work in Python; a get is one document parsed; a filter reads the small columns only.
+Filtered lists are narrowed in SQL before the filter decides in Python.
 """
 
 from __future__ import annotations
@@ -20,97 +25,15 @@ from .db import Database, Row, Tx, dumps, utcnow
 from .namespaces import ensure_namespace, namespace_not_found
 from .snapshots import DataDir, release_unreferenced, require_snapshot
 
-_COLUMNS = (
-    "id, labels, image, runtime, spec, snapshotter, snapshot_key, extensions, created_at, updated_at"
-)
-
 
 def container_not_found(namespace: str, container_id: str) -> CargoholdError:
     return not_found(f'container "{container_id}" not found in namespace "{namespace}"')
 
 
-# What filters look at; the runtime's name is all of it they read.
-_HEAD_COLUMNS = "id, labels, image, json_extract(runtime, '$.name') AS runtime, snapshotter, snapshot_key"
-
-# --- Lists as JSON stitched by SQLite ------------------------------------------------
-#
-# A list is the hot read: parsing every row into pydantic models only for FastAPI to
-# serialize them again costs ~40 us a container. The columns already hold JSON text, so
-# SQLite splices them into each container's JSON as they are, and the bytes come out as
-# pydantic would write them (`ContainerList` through FastAPI), member for member.
-#
-# That holds only where the stored text is what pydantic would write back: labels, spec
-# and extensions are written by `dumps` (Python's json), runtime by pydantic itself.
-# Python's json differs from pydantic's writer in three ways, and a row showing any of
-# them is built through pydantic instead, as `get` builds it:
-# - `\u` escapes: `dumps` escapes every non-ASCII character, pydantic writes UTF-8;
-# - NaN and Infinity: `dumps` writes them bare, pydantic writes null;
-# - exponents: `dumps` writes 1e-05, pydantic 0.00001 (floats without one are equal).
-# Labels hold strings only, so for them only the first can apply; the spec is stored
-# from pydantic's JSON mode, which has already turned NaN and Infinity into null. The
-# checks are textual, so "NaN" or "1e+5" inside a string also falls back: slower for
-# that row, never wrong. Timestamps are stored by `isoformat()` (`+00:00`); pydantic
-# writes `Z`. Every check runs for every row of a list: the fewer the better.
-
-
-def _no_escape(column: str) -> str:
-    return f"instr({column}, '\\u') = 0"
-
-
-def _no_exponent(column: str) -> str:
-    # instr is cheap; the GLOB (a digit before the e) only runs where "e+" or "e-" is.
-    return f"((instr({column}, 'e+') = 0 AND instr({column}, 'e-') = 0) OR {column} NOT GLOB '*[0-9]e[+-]*')"
-
-
-def _finite(column: str) -> str:
-    return f"instr({column}, 'NaN') = 0 AND instr({column}, 'Infinity') = 0"
-
-
-_VERBATIM = " AND ".join([
-    _no_escape("labels"),
-    f"{_no_escape('spec')} AND {_no_exponent('spec')}",
-    f"(extensions = '{{}}' OR ({_no_escape('extensions')} AND {_finite('extensions')}"
-    f" AND {_no_exponent('extensions')}))",
-    "substr(created_at, -6) = '+00:00'",
-    "substr(updated_at, -6) = '+00:00'",
-])
-
-# Each member of Container as a format() conversion and the SQL arguments it takes.
-_MEMBER_SQL = {
-    "id": ("%s", "json_quote(id)"),
-    "labels": ("%s", "labels"),
-    "image": ("%s", "json_quote(image)"),
-    "runtime": ("%s", "runtime"),
-    "spec": ("%s", "spec"),
-    "snapshotter": ("%s", "json_quote(snapshotter)"),
-    "snapshot_key": ("%s", "json_quote(snapshot_key)"),
-    "extensions": ("%s", "extensions"),
-    # All but the `+00:00`, then `Z`.
-    "created_at": ('"%.*sZ"', "length(created_at) - 6, created_at"),
-    "updated_at": ('"%.*sZ"', "length(updated_at) - 6, updated_at"),
-}
-
-
-def _object_sql() -> str:
-    """SQL for a container's JSON object, members in the model's order (pydantic's). One
-    format() call: a chain of `||` copies the growing string once per piece. A member
-    added to Container without SQL here fails at import (KeyError)."""
-    members = [(name, *_MEMBER_SQL[name]) for name in Container.model_fields]
-    template = ",".join(f'"{name}":{conversion}' for name, conversion, _ in members)
-    return f"format('{{{template}}}', {', '.join(args for _, _, args in members)})"
-
-
-# A container's JSON, or NULL where the row must go through pydantic.
-_BODY = f"CASE WHEN {_VERBATIM} THEN {_object_sql()} END AS body"
-
-# A list comes back from SQLite as one string, group_concat's: a Python row object per
-# container would cost more than all the stitching. JSON text never holds a raw control
-# character (every writer escapes them) and ids are identifiers, so \x01 separates the
-# rows and \x00 + id stands for a row to be built through pydantic. group_concat sees the rows in the
-# subquery's order: SQLite keeps a FROM-subquery's ORDER BY under an aggregate other
-# than count/min/max (select.c), and a test holds it to that.
-_ROW_SEPARATOR = "\x01"
-_REBUILD = "\x00"
+# The head's columns beside the key as stored (labels as `dumps` writes them, runtime as
+# its JSON), and the head as filters read it: the runtime's name is all they look at.
+_HEAD_COLUMNS = "labels, image, runtime, snapshotter, snapshot_key"
+_HEAD_SELECT = "id, labels, image, json_extract(runtime, '$.name') AS runtime, snapshotter, snapshot_key"
 
 # Text `dumps` writes as it is, between quotes: printable ASCII but `"` and `\`. Only
 # such a label key can be looked up as `$."key"`: SQLite's path syntax has no escapes,
@@ -124,20 +47,56 @@ def _batches(ids: list[str]) -> list[list[str]]:
     return [ids[start:start + _BATCH] for start in range(0, len(ids), _BATCH)]
 
 
-def _container(row: Row) -> Container:
-    # Rows were validated on the way in: construct without validating again (lists are hot).
-    runtime = json.loads(row["runtime"])
+def _document(container: Container) -> str:
+    """The stored document: what FastAPI writes for the container (`model_dump_json`)."""
+    return container.model_dump_json()
+
+
+def _from_document(doc: str) -> Container:
+    # Documents were validated on the way in: construct without validating again.
+    members = json.loads(doc)
+    runtime = members["runtime"]
     return Container.model_construct(
-        id=row["id"],
-        labels=json.loads(row["labels"]),
-        image=row["image"],
-        runtime=Runtime.model_construct(name=RuntimeName(runtime["name"]), options=runtime.get("options", {})),
-        spec=json.loads(row["spec"]),
-        snapshotter=row["snapshotter"],
-        snapshot_key=row["snapshot_key"],
-        extensions=json.loads(row["extensions"]),
-        created_at=datetime.fromisoformat(row["created_at"]),
-        updated_at=datetime.fromisoformat(row["updated_at"]),
+        id=members["id"],
+        labels=members["labels"],
+        image=members["image"],
+        runtime=Runtime.model_construct(name=RuntimeName(runtime["name"]), options=runtime["options"]),
+        spec=members["spec"],
+        snapshotter=members["snapshotter"],
+        snapshot_key=members["snapshot_key"],
+        extensions=members["extensions"],
+        created_at=datetime.fromisoformat(members["created_at"]),
+        updated_at=datetime.fromisoformat(members["updated_at"]),
+    )
+
+
+def _with_fields(
+    container_id: str, fields: ContainerFields, snapshotter: str, created_at: datetime, updated_at: datetime
+) -> Container:
+    """The container `fields` describe. Maps are kept with their keys sorted (as `dumps`
+    writes them), so what a client sent in any order is stored, and served, one way."""
+    return Container.model_construct(
+        id=container_id,
+        labels=_key_sorted(fields.labels),
+        image=fields.image,
+        runtime=fields.runtime,
+        spec=_key_sorted(fields.spec.model_dump(mode="json", exclude_unset=True)),
+        snapshotter=fields.snapshotter or snapshotter,
+        snapshot_key=fields.snapshot_key,
+        extensions=_key_sorted(fields.extensions),
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
+def _key_sorted(value: Any) -> Any:
+    return json.loads(dumps(value))
+
+
+def _head_values(container: Container) -> tuple[str, ...]:
+    return (
+        dumps(container.labels), container.image, container.runtime.model_dump_json(), container.snapshotter,
+        container.snapshot_key,
     )
 
 
@@ -198,19 +157,6 @@ def _narrowing(equalities: Sequence[Sequence[Equality]]) -> tuple[str, list[str]
     return f" AND (({') OR ('.join(alternatives)}))", params
 
 
-def _columns(fields: ContainerFields, snapshotter: str) -> tuple[Any, ...]:
-    """The mutable columns, in _COLUMNS order after id."""
-    return (
-        dumps(fields.labels),
-        fields.image,
-        fields.runtime.model_dump_json(),
-        dumps(fields.spec.model_dump(mode="json", exclude_unset=True)),
-        fields.snapshotter or snapshotter,
-        fields.snapshot_key,
-        dumps(fields.extensions),
-    )
-
-
 def _event(container: Container) -> dict[str, Any]:
     # containerd's /containers/create carries id, image and runtime; labels help filtering.
     return {
@@ -231,35 +177,32 @@ class ContainerStore:
         """Insert the row (creating the namespace on first use); appends /containers/create.
 
         Raises ALREADY_EXISTS, or VALIDATION when `snapshot_key` names no snapshot."""
+        now = utcnow()
+        doc = _document(_with_fields(container_id, fields, self._default_snapshotter, now, now))
+        created = _from_document(doc)  # as a get will read it back
         async with self._db.write() as tx:
             ensure_namespace(tx, namespace)
-            if fields.snapshot_key:
-                snapshotter = fields.snapshotter or self._default_snapshotter
-                require_snapshot(tx, namespace, snapshotter, fields.snapshot_key)
+            if created.snapshot_key:
+                require_snapshot(tx, namespace, created.snapshotter, created.snapshot_key)
             if tx.exists("SELECT 1 FROM containers WHERE namespace = ? AND id = ?", namespace, container_id):
                 raise CargoholdError(
                     ErrorKind.ALREADY_EXISTS,
                     f'container "{container_id}" already exists in namespace "{namespace}"',
                 )
-            now = utcnow().isoformat()
             tx.execute(
-                f"INSERT INTO containers (namespace, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                namespace, container_id, *_columns(fields, self._default_snapshotter), now, now,
+                f"INSERT INTO containers (namespace, id, {_HEAD_COLUMNS}, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                namespace, container_id, *_head_values(created), doc,
             )
-            created = self._get_in(tx, namespace, container_id)
             tx.append_event(namespace, Topic.CONTAINER_CREATE, _event(created))
             return created
 
     async def get(self, namespace: str, container_id: str) -> Container:
         """Raises NOT_FOUND for the container or its namespace."""
-        row = await self._db.one(
-            f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? AND id = ?",
-            namespace, container_id,
-        )
+        row = await self._db.one("SELECT doc FROM containers WHERE namespace = ? AND id = ?", namespace, container_id)
         if row is None:
             await self._require_namespace(namespace)
             raise container_not_found(namespace, container_id)
-        return _container(row)
+        return _from_document(row["doc"])
 
     async def list_json(
         self,
@@ -275,51 +218,32 @@ class ContainerStore:
         before `select` decides, so they must never exclude a row `select` keeps.
         Raises NOT_FOUND for an unknown namespace."""
         if select is None:
-            stitched = [await self._stitched(namespace)]
+            joined = [await self._joined(namespace)]
         else:
             where, params = _narrowing(equalities)
             heads = await self._db.all(
-                f"SELECT {_HEAD_COLUMNS} FROM containers WHERE namespace = ?{where} ORDER BY id",
+                f"SELECT {_HEAD_SELECT} FROM containers WHERE namespace = ?{where} ORDER BY id",
                 namespace, *params,
             )
             chosen = [row["id"] for row in heads if select(_head(row))]
-            stitched = [await self._stitched(namespace, batch) for batch in _batches(chosen)]
-        text = _ROW_SEPARATOR.join(filter(None, stitched))
+            joined = [await self._joined(namespace, batch) for batch in _batches(chosen)]
+        text = ",".join(filter(None, joined))
         if not text:
             await self._require_namespace(namespace)
-            return b'{"containers":[]}'
-        if _REBUILD in text:
-            text = await self._rebuilt(namespace, text)
-        else:
-            text = text.replace(_ROW_SEPARATOR, ",")
         return f'{{"containers":[{text}]}}'.encode()
 
-    async def _stitched(self, namespace: str, ids: Sequence[str] | None = None) -> str:
-        """The rows of `namespace` (only those with `ids`, if given) by id, joined by
-        _ROW_SEPARATOR: each a container's JSON, or _REBUILD and its id; "" for none."""
+    async def _joined(self, namespace: str, ids: Sequence[str] | None = None) -> str:
+        """The documents of `namespace` (only those with `ids`, if given) by id, joined by
+        commas; "" for none. group_concat sees the rows in the subquery's order: SQLite
+        keeps a FROM-subquery's ORDER BY under an aggregate other than count/min/max
+        (select.c), and a test holds it to that."""
         where = "" if ids is None else f" AND id IN ({', '.join('?' * len(ids))})"
         row = await self._db.one(
-            "SELECT group_concat(coalesce(body, char(0) || id), char(1)) AS stitched"
-            f" FROM (SELECT id, {_BODY} FROM containers WHERE namespace = ?{where} ORDER BY id)",
+            f"SELECT group_concat(doc) AS joined FROM (SELECT doc FROM containers WHERE namespace = ?{where}"
+            " ORDER BY id)",
             namespace, *(ids or ()),
         )
-        return (row["stitched"] if row else None) or ""  # group_concat of no rows is NULL
-
-    async def _rebuilt(self, namespace: str, text: str) -> str:
-        """`text` from `_stitched` as a JSON array's members, each row marked _REBUILD
-        built through pydantic as `get` builds it (FastAPI writes a Container in a list
-        as `model_dump_json` does). A container deleted since `text` was read is left out."""
-        rows = text.split(_ROW_SEPARATOR)
-        marked = [row.removeprefix(_REBUILD) for row in rows if row.startswith(_REBUILD)]
-        built: dict[str, str] = {}
-        for batch in _batches(marked):
-            for record in await self._db.all(
-                f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? AND id IN ({', '.join('?' * len(batch))})",
-                namespace, *batch,
-            ):
-                built[record["id"]] = _container(record).model_dump_json()
-        bodies = (built.get(row.removeprefix(_REBUILD), "") if row.startswith(_REBUILD) else row for row in rows)
-        return ",".join(filter(None, bodies))
+        return (row["joined"] if row else None) or ""  # group_concat of no rows is NULL
 
     async def update(
         self,
@@ -333,18 +257,17 @@ class ContainerStore:
         are returned for the caller to remove."""
         async with self._db.write() as tx:
             current = self._get_in(tx, namespace, container_id)
-            fields = apply(current)
-            snapshotter = fields.snapshotter or self._default_snapshotter
-            pinned = (snapshotter, fields.snapshot_key)
-            if fields.snapshot_key and pinned != (current.snapshotter, current.snapshot_key):
-                require_snapshot(tx, namespace, snapshotter, fields.snapshot_key)
+            doc = _document(_with_fields(
+                container_id, apply(current), self._default_snapshotter, current.created_at, utcnow()
+            ))
+            updated = _from_document(doc)
+            pinned = (updated.snapshotter, updated.snapshot_key)
+            if updated.snapshot_key and pinned != (current.snapshotter, current.snapshot_key):
+                require_snapshot(tx, namespace, *pinned)
             tx.execute(
-                "UPDATE containers SET labels = ?, image = ?, runtime = ?, spec = ?, snapshotter = ?,"
-                " snapshot_key = ?, extensions = ?, updated_at = ? WHERE namespace = ? AND id = ?",
-                *_columns(fields, self._default_snapshotter), utcnow().isoformat(),
-                namespace, container_id,
+                f"UPDATE containers SET ({_HEAD_COLUMNS}, doc) = (?, ?, ?, ?, ?, ?) WHERE namespace = ? AND id = ?",
+                *_head_values(updated), doc, namespace, container_id,
             )
-            updated = self._get_in(tx, namespace, container_id)
             tx.append_event(namespace, Topic.CONTAINER_UPDATE, _event(updated))
             if pinned == (current.snapshotter, current.snapshot_key):
                 return updated, []
@@ -360,9 +283,7 @@ class ContainerStore:
                 raise CargoholdError(
                     ErrorKind.CONFLICT, f'container "{container_id}" has a task; delete the task first'
                 )
-            tx.execute(
-                "DELETE FROM containers WHERE namespace = ? AND id = ?", namespace, container_id
-            )
+            tx.execute("DELETE FROM containers WHERE namespace = ? AND id = ?", namespace, container_id)
             tx.append_event(namespace, Topic.CONTAINER_DELETE, {"id": container_id})
             return self._release(tx, namespace, deleted)
 
@@ -373,15 +294,12 @@ class ContainerStore:
         return [released] if released else []
 
     def _get_in(self, tx: Tx, namespace: str, container_id: str) -> Container:
-        row = tx.one(
-            f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? AND id = ?",
-            namespace, container_id,
-        )
+        row = tx.one("SELECT doc FROM containers WHERE namespace = ? AND id = ?", namespace, container_id)
         if row is None:
             if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", namespace):
                 raise namespace_not_found(namespace)
             raise container_not_found(namespace, container_id)
-        return _container(row)
+        return _from_document(row["doc"])
 
     async def _require_namespace(self, namespace: str) -> None:
         if await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", namespace) is None:

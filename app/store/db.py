@@ -27,13 +27,38 @@ from typing import Any
 
 import aiosqlite
 
-from ..models import Event
+from ..models import Container, Event, Runtime, RuntimeName
 
 Row = sqlite3.Row
 Params = Sequence[Any]
 
-# Each entry upgrades the schema by one version (PRAGMA user_version). Append only.
-MIGRATIONS: tuple[str, ...] = (
+
+
+def _containers_as_documents(conn: sqlite3.Connection) -> None:
+    """Schema 4: a container row holds its document (the API's JSON, as pydantic writes
+    it); of the columns, those filters read (the head) stay, the others go."""
+    conn.execute("ALTER TABLE containers ADD COLUMN doc TEXT NOT NULL DEFAULT ''")
+    rows = conn.execute(
+        "SELECT namespace, id, labels, image, runtime, spec, snapshotter, snapshot_key, extensions, created_at,"
+        " updated_at FROM containers"
+    ).fetchall()
+    for row in rows:
+        runtime = json.loads(row[4])
+        container = Container.model_construct(
+            id=row[1], labels=json.loads(row[2]), image=row[3],
+            runtime=Runtime.model_construct(name=RuntimeName(runtime["name"]), options=runtime.get("options", {})),
+            spec=json.loads(row[5]), snapshotter=row[6], snapshot_key=row[7], extensions=json.loads(row[8]),
+            created_at=datetime.fromisoformat(row[9]), updated_at=datetime.fromisoformat(row[10]),
+        )
+        conn.execute("UPDATE containers SET doc = ? WHERE namespace = ? AND id = ?",
+                     (container.model_dump_json(), row[0], row[1]))
+    for column in ("spec", "extensions", "created_at", "updated_at"):
+        conn.execute(f"ALTER TABLE containers DROP COLUMN {column}")
+
+
+# Each entry upgrades the schema by one version (PRAGMA user_version): a script, or a
+# function for a step that needs Python. Append only.
+MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """
     CREATE TABLE namespaces (
         name        TEXT PRIMARY KEY,
@@ -119,6 +144,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX exits_by_process ON exits(namespace, id, exec_id, seq);
     """,
+    _containers_as_documents,
 )
 
 
@@ -317,8 +343,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in filter(str.strip, script.split(";")):
-                conn.execute(statement)
+            if callable(script):
+                script(conn)
+            else:
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
         except BaseException:
             conn.rollback()
