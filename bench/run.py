@@ -3,7 +3,8 @@
 Each workload runs against a real daemon (`cargohold serve`, a subprocess) on a unix
 socket, driven from this one client process with httpx, after a warm-up; it reports p50,
 p95 and max, and beside it the floor measured in the same run (a bare `runc run` of the
-same bundle; a bare eventfd on memory.oom_control). The table is printed and written to
+same bundle; a bare eventfd on memory.oom_control; the same requests to a server that
+does nothing, bench/null_server.py). The table is printed and written to
 bench/results.json. These machines are shared and noisy: read the ratios.
 
     python -m bench.run [--runs 50] [--only W1,W3] [--quick]
