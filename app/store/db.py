@@ -33,7 +33,6 @@ Row = sqlite3.Row
 Params = Sequence[Any]
 
 
-
 def _containers_as_documents(conn: sqlite3.Connection) -> None:
     """Schema 4: a container row holds its document (the API's JSON, as pydantic writes
     it); of the columns, those filters read (the head) stay, the others go."""
