@@ -1,12 +1,12 @@
 """Container rows: pure metadata, no runtime state.
 
 A container is stored as its document: the JSON the API serves for it, as pydantic
-writes it, in `doc`. Beside it, columns copied from it hold what SQL keys, joins and
-filters on: the members of `ContainerHead` (id, labels, image, runtime, snapshotter,
-snapshot_key), as containerd keeps a record's encoded value beside its index buckets.
-So a list is the documents joined, which SQLite does in one statement with no per-row
-work in Python; a get is one document parsed; a filter reads the small columns only.
-Filtered lists are narrowed in SQL before the filter decides in Python.
+writes it (table container_documents). The containers table holds, copied from it, what
+SQL keys, joins and filters on: the members of `ContainerHead` (id, labels, image,
+runtime, snapshotter, snapshot_key), as containerd keeps a record's encoded value beside
+its index buckets. So a list is the documents joined, which SQLite does in one statement
+with no per-row work in Python; a get is one document parsed; a filter scans the narrow
+table only. Filtered lists are narrowed in SQL before the filter decides in Python.
 """
 
 from __future__ import annotations
@@ -190,15 +190,18 @@ class ContainerStore:
                     f'container "{container_id}" already exists in namespace "{namespace}"',
                 )
             tx.execute(
-                f"INSERT INTO containers (namespace, id, {_HEAD_COLUMNS}, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                namespace, container_id, *_head_values(created), doc,
+                f"INSERT INTO containers (namespace, id, {_HEAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                namespace, container_id, *_head_values(created),
             )
+            tx.execute("INSERT INTO container_documents VALUES (?, ?, ?)", namespace, container_id, doc)
             tx.append_event(namespace, Topic.CONTAINER_CREATE, _event(created))
             return created
 
     async def get(self, namespace: str, container_id: str) -> Container:
         """Raises NOT_FOUND for the container or its namespace."""
-        row = await self._db.one("SELECT doc FROM containers WHERE namespace = ? AND id = ?", namespace, container_id)
+        row = await self._db.one(
+            "SELECT doc FROM container_documents WHERE namespace = ? AND id = ?", namespace, container_id
+        )
         if row is None:
             await self._require_namespace(namespace)
             raise container_not_found(namespace, container_id)
@@ -239,7 +242,7 @@ class ContainerStore:
         (select.c), and a test holds it to that."""
         where = "" if ids is None else f" AND id IN ({', '.join('?' * len(ids))})"
         row = await self._db.one(
-            f"SELECT group_concat(doc) AS joined FROM (SELECT doc FROM containers WHERE namespace = ?{where}"
+            f"SELECT group_concat(doc) AS joined FROM (SELECT doc FROM container_documents WHERE namespace = ?{where}"
             " ORDER BY id)",
             namespace, *(ids or ()),
         )
@@ -265,8 +268,11 @@ class ContainerStore:
             if updated.snapshot_key and pinned != (current.snapshotter, current.snapshot_key):
                 require_snapshot(tx, namespace, *pinned)
             tx.execute(
-                f"UPDATE containers SET ({_HEAD_COLUMNS}, doc) = (?, ?, ?, ?, ?, ?) WHERE namespace = ? AND id = ?",
-                *_head_values(updated), doc, namespace, container_id,
+                f"UPDATE containers SET ({_HEAD_COLUMNS}) = (?, ?, ?, ?, ?) WHERE namespace = ? AND id = ?",
+                *_head_values(updated), namespace, container_id,
+            )
+            tx.execute(
+                "UPDATE container_documents SET doc = ? WHERE namespace = ? AND id = ?", doc, namespace, container_id
             )
             tx.append_event(namespace, Topic.CONTAINER_UPDATE, _event(updated))
             if pinned == (current.snapshotter, current.snapshot_key):
@@ -283,6 +289,7 @@ class ContainerStore:
                 raise CargoholdError(
                     ErrorKind.CONFLICT, f'container "{container_id}" has a task; delete the task first'
                 )
+            # Its document goes with it (ON DELETE CASCADE).
             tx.execute("DELETE FROM containers WHERE namespace = ? AND id = ?", namespace, container_id)
             tx.append_event(namespace, Topic.CONTAINER_DELETE, {"id": container_id})
             return self._release(tx, namespace, deleted)
@@ -294,7 +301,7 @@ class ContainerStore:
         return [released] if released else []
 
     def _get_in(self, tx: Tx, namespace: str, container_id: str) -> Container:
-        row = tx.one("SELECT doc FROM containers WHERE namespace = ? AND id = ?", namespace, container_id)
+        row = tx.one("SELECT doc FROM container_documents WHERE namespace = ? AND id = ?", namespace, container_id)
         if row is None:
             if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", namespace):
                 raise namespace_not_found(namespace)

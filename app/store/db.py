@@ -34,9 +34,18 @@ Params = Sequence[Any]
 
 
 def _containers_as_documents(conn: sqlite3.Connection) -> None:
-    """Schema 4: a container row holds its document (the API's JSON, as pydantic writes
-    it); of the columns, those filters read (the head) stay, the others go."""
-    conn.execute("ALTER TABLE containers ADD COLUMN doc TEXT NOT NULL DEFAULT ''")
+    """Schema 4: each container's document (the API's JSON, as pydantic writes it) in
+    container_documents; of its columns, those filters read (the head) stay, the others
+    go. Apart, the head columns are a narrow table for filters to scan."""
+    conn.execute("""
+        CREATE TABLE container_documents (
+            namespace  TEXT NOT NULL,
+            id         TEXT NOT NULL,
+            doc        TEXT NOT NULL,
+            PRIMARY KEY (namespace, id),
+            FOREIGN KEY (namespace, id) REFERENCES containers(namespace, id) ON DELETE CASCADE
+        )
+    """)
     rows = conn.execute(
         "SELECT namespace, id, labels, image, runtime, spec, snapshotter, snapshot_key, extensions, created_at,"
         " updated_at FROM containers"
@@ -49,8 +58,7 @@ def _containers_as_documents(conn: sqlite3.Connection) -> None:
             spec=json.loads(row[5]), snapshotter=row[6], snapshot_key=row[7], extensions=json.loads(row[8]),
             created_at=datetime.fromisoformat(row[9]), updated_at=datetime.fromisoformat(row[10]),
         )
-        conn.execute("UPDATE containers SET doc = ? WHERE namespace = ? AND id = ?",
-                     (container.model_dump_json(), row[0], row[1]))
+        conn.execute("INSERT INTO container_documents VALUES (?, ?, ?)", (row[0], row[1], container.model_dump_json()))
     for column in ("spec", "extensions", "created_at", "updated_at"):
         conn.execute(f"ALTER TABLE containers DROP COLUMN {column}")
 

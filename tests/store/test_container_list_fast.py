@@ -140,7 +140,7 @@ async def test_rows_of_schema_3_become_documents(tmp_path: Path) -> None:
         store = ContainerStore(migrated, "overlayfs")
         assert await store.list_json(NS) == await pydantic_body(store, list(SHAPES))
         columns = {row["name"] for row in await migrated.all("PRAGMA table_info(containers)")}
-        assert columns == {"namespace", "id", "labels", "image", "runtime", "snapshotter", "snapshot_key", "doc"}
+        assert columns == {"namespace", "id", "labels", "image", "runtime", "snapshotter", "snapshot_key"}
         for n, (container_id, members) in enumerate(SHAPES.items()):
             container = await store.get(NS, container_id)
             assert container.created_at == datetime.fromisoformat(TIMESTAMPS[n % len(TIMESTAMPS)])
@@ -179,6 +179,7 @@ async def test_a_container_deleted_while_listed_is_left_out(
     def delete_while_selecting(head: Any) -> bool:
         # Another writer commits between the heads and the bodies being read.
         with sqlite3.connect(tmp_path / "metadata.db") as other:
+            other.execute("PRAGMA foreign_keys = ON")  # as the daemon's: the documents go too
             other.execute("DELETE FROM containers WHERE id IN ('b', 'c')")
         return True
 
@@ -186,9 +187,10 @@ async def test_a_container_deleted_while_listed_is_left_out(
     assert [c["id"] for c in listed["containers"]] == ["a"]
 
 
-async def test_empty_and_unknown_namespace(store: ContainerStore) -> None:
+async def test_empty_and_unknown_namespace(store: ContainerStore, db: Database) -> None:
     await store.create(NS, "web", fields())
     await store.delete(NS, "web")
+    assert await db.all("SELECT id FROM container_documents") == [], "the document went with the row"
     assert await store.list_json(NS) == b'{"containers":[]}'
     assert await store.list_json(NS, lambda head: True, [[(("id",), "web")]]) == b'{"containers":[]}'
     for select in (None, lambda head: True):

@@ -113,8 +113,8 @@ async def test_schema_is_migrated_once_and_foreign_keys_hold(tmp_path: Path) -> 
         with pytest.raises(sqlite3.IntegrityError):
             async with db.write() as tx:
                 tx.execute(
-                    "INSERT INTO containers (namespace, id, labels, image, runtime, snapshotter, snapshot_key, doc)"
-                    " VALUES ('nowhere', 'c', '{}', '', '{}', '', '', '{}')"
+                    "INSERT INTO containers (namespace, id, labels, image, runtime, snapshotter, snapshot_key)"
+                    " VALUES ('nowhere', 'c', '{}', '', '{}', '', '')"
                 )
     finally:
         await db.close()

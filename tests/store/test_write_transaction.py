@@ -57,8 +57,8 @@ async def test_a_failed_commit_rolls_back_and_the_next_write_works(db: Database)
         async with db.write() as tx:
             # A deferred foreign key is only checked at COMMIT, so COMMIT itself fails.
             tx.execute("PRAGMA defer_foreign_keys = ON")
-            tx.execute("INSERT INTO containers (namespace, id, labels, image, runtime, snapshotter, snapshot_key, doc)"
-                       " VALUES ('nowhere', 'c', '{}', '', '{}', '', '', '{}')")
+            tx.execute("INSERT INTO containers (namespace, id, labels, image, runtime, snapshotter, snapshot_key)"
+                       " VALUES ('nowhere', 'c', '{}', '', '{}', '', '')")
             tx.append_event("nowhere", "/containers/create", {"id": "c"})
     assert published == []
     await add_namespace(db, "after")
