@@ -34,6 +34,7 @@ def container_not_found(namespace: str, container_id: str) -> CargoholdError:
 # its JSON), and the head as filters read it: the runtime's name is all they look at.
 _HEAD_COLUMNS = "labels, image, runtime, snapshotter, snapshot_key"
 _HEAD_SELECT = "id, labels, image, json_extract(runtime, '$.name') AS runtime, snapshotter, snapshot_key"
+_DOCUMENT = "SELECT doc FROM container_documents WHERE namespace = ? AND id = ?"
 
 # Text `dumps` writes as it is, between quotes: printable ASCII but `"` and `\`. Only
 # such a label key can be looked up as `$."key"`: SQLite's path syntax has no escapes,
@@ -177,10 +178,10 @@ class ContainerStore:
         """Insert the row (creating the namespace on first use); appends /containers/create.
 
         Raises ALREADY_EXISTS, or VALIDATION when `snapshot_key` names no snapshot."""
-        now = utcnow()
-        doc = _document(_with_fields(container_id, fields, self._default_snapshotter, now, now))
-        created = _from_document(doc)  # as a get will read it back
         async with self._db.write() as tx:
+            now = utcnow()
+            doc = _document(_with_fields(container_id, fields, self._default_snapshotter, now, now))
+            created = _from_document(doc)  # as a get will read it back
             ensure_namespace(tx, namespace)
             if created.snapshot_key:
                 require_snapshot(tx, namespace, created.snapshotter, created.snapshot_key)
@@ -199,9 +200,7 @@ class ContainerStore:
 
     async def get(self, namespace: str, container_id: str) -> Container:
         """Raises NOT_FOUND for the container or its namespace."""
-        row = await self._db.one(
-            "SELECT doc FROM container_documents WHERE namespace = ? AND id = ?", namespace, container_id
-        )
+        row = await self._db.one(_DOCUMENT, namespace, container_id)
         if row is None:
             await self._require_namespace(namespace)
             raise container_not_found(namespace, container_id)
@@ -301,7 +300,7 @@ class ContainerStore:
         return [released] if released else []
 
     def _get_in(self, tx: Tx, namespace: str, container_id: str) -> Container:
-        row = tx.one("SELECT doc FROM container_documents WHERE namespace = ? AND id = ?", namespace, container_id)
+        row = tx.one(_DOCUMENT, namespace, container_id)
         if row is None:
             if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", namespace):
                 raise namespace_not_found(namespace)
