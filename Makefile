@@ -7,9 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint openapi system-packages test-packages bench bench-peers clean
 
-# The runtime's Debian packages (runc, crun, conmon; busybox-static for the test rootfs).
+# The runtime's Debian packages (runc, crun, conmon; busybox-static for the test rootfs;
+# golang-github-containers-common for the default seccomp profile, a file, not a binary).
 RUNTIME_BINARIES := runc crun conmon busybox
-RUNTIME_PACKAGES := runc crun conmon busybox-static
+RUNTIME_FILES := /usr/share/containers/seccomp.json
+RUNTIME_PACKAGES := runc crun conmon busybox-static golang-github-containers-common
 
 $(STAMP): requirements.lock requirements-test.lock pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -21,16 +23,33 @@ $(STAMP): requirements.lock requirements-test.lock pyproject.toml
 
 ## system-packages: install the runtime from Debian when missing (needs root)
 system-packages:
-	@missing=$$(for b in $(RUNTIME_BINARIES); do command -v $$b >/dev/null || echo $$b; done); \
+	@missing=$$(for b in $(RUNTIME_BINARIES); do command -v $$b >/dev/null || echo $$b; done; \
+	  for f in $(RUNTIME_FILES); do [ -f $$f ] || echo $$f; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $(RUNTIME_PACKAGES) (missing: $$missing)"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(RUNTIME_PACKAGES); \
 	fi
 
-## test-packages: also a real Prometheus, which the integration test scrapes with
+## test-packages: also a real Prometheus, which the integration test scrapes with, and the
+## image tests' registry (docker-registry), image tools (skopeo, umoci) and htpasswd -B (apache2-utils)
+IMAGE_TEST_BINARIES := docker-registry skopeo umoci htpasswd
+IMAGE_TEST_PACKAGES := docker-registry skopeo umoci apache2-utils
+# docker-registry's postinst enables and starts docker-registry.service (a registry on :5000)
+# under systemd; the tests start registries of their own, so it is stopped and disabled again.
 test-packages: system-packages
 	@command -v prometheus >/dev/null || { apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
+	@command -v openssl >/dev/null || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl; }  # tests/api/test_tls.py
+	@missing=$$(for b in $(IMAGE_TEST_BINARIES); do command -v $$b >/dev/null || echo $$b; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $(IMAGE_TEST_PACKAGES) (missing: $$missing)"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(IMAGE_TEST_PACKAGES); \
+	  if [ -d /run/systemd/system ] && systemctl is-active --quiet docker-registry.service; then \
+	    echo "the docker-registry package started docker-registry.service: stopping and disabling it"; \
+	    systemctl disable --now docker-registry.service; \
+	  fi; \
+	fi
 
 ## run: start the daemon on its defaults (SQLite under /var/lib/cargohold, unix:///run/cargohold/cargohold.sock)
 run: $(STAMP) system-packages

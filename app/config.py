@@ -53,14 +53,31 @@ class Settings:
     listeners: tuple[Listener, ...] = field(
         default_factory=lambda: (Listener.parse(DEFAULT_LISTEN),)
     )
+    # The bearer token TCP listeners require (None: generated into <state>/token); at
+    # least 16 characters, or the daemon does not start (main.MIN_TOKEN_LENGTH).
     token_file: Path | None = None
     metrics_public: bool = False
+    # TLS for TCP listeners (unix ones stay plain): the server's certificate chain and key,
+    # both or neither. With a client CA, TCP clients need a certificate it signed (as
+    # Docker's --tlsverify), and the token as well.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     # None: overlayfs where the kernel has it, else native.
     snapshotter: str | None = None
     # Request bodies above this are refused with 413 (DESIGN: 1 MiB).
     max_body_bytes: int = 1024 * 1024
-    # A tar streamed to /snapshots/import may be this large.
+    # A tar streamed to /snapshots/import may be this large, counted on the body and again
+    # once decompressed (a gzip bomb stops here).
     import_max_bytes: int = 8 * 1024**3
+    # Entries one imported layer may make (members plus the parent dirs they imply); about
+    # 100 bytes of memory each while it runs. Real layers hold at most a few 100,000 files.
+    import_max_entries: int = 1_000_000
+    # Seconds an import's upload may send nothing before it is refused and cleaned up.
+    import_idle_timeout: float = 60.0
+    # Threads extracting imports (their own executor: stalled uploads never hold the
+    # default executor's threads); further imports wait for one.
+    import_concurrency: int = 4
     # conmon truncates a task's log when it reaches this size.
     log_max_bytes: int = 16 * 1024 * 1024
     # Exits kept per namespace for `wait` after the fact: the newest N, none older than the age.
@@ -72,6 +89,13 @@ class Settings:
     runtime_path: str | None = None
     # Host directories a container spec may bind-mount from.
     allowed_bind_roots: tuple[Path, ...] = ()
+    # Spec policy (DESIGN "Spec policy"): True lifts it for every namespace, as if each
+    # were labelled cargohold.policy=privileged.
+    allow_privileged: bool = False
+    # The default seccomp profile, in Docker's format. None: /usr/share/containers/seccomp.json
+    # (Debian's golang-github-containers-common); when that is missing, task create is 503.
+    # A file named here must load, or the daemon does not start.
+    seccomp_profile: Path | None = None
     # Events kept in the store; older ones are pruned as new ones arrive.
     event_retention: int = 100_000
     # Events buffered per SSE subscriber before it falls back to reading the store.
@@ -80,6 +104,26 @@ class Settings:
     heartbeat_seconds: float = 15.0
     # Seconds a frozen SSE client may block one send before it is dropped.
     sse_send_timeout: float = 30.0
+    # Limits (README "Limits"), issue 12. Seconds a request may take to send its headers,
+    # from its first byte (or from the connection): past it, 408 and the connection closes.
+    header_timeout: float = 10.0
+    # An unfinished request head larger than this is refused with 431.
+    max_header_bytes: int = 64 * 1024
+    # Connections or requests in flight (each counted, as uvicorn's limit_concurrency)
+    # past which a new request gets a problem+json 503.
+    max_concurrency: int = 1000
+    # A list page stops early (with a next cursor) once its objects reach this many bytes.
+    list_max_bytes: int = 16 * 1024 * 1024
+    # An event's payload is cut to this many bytes (labels dropped, `truncated` says so).
+    event_max_payload_bytes: int = 64 * 1024
+    # Events are kept while under `event_retention` events AND this many payload bytes.
+    event_retention_bytes: int = 256 * 1024 * 1024
+    # A followed (or read) log line longer than this is cut into parts marked partial.
+    log_line_max_bytes: int = 64 * 1024
+    # Streams (GET /events, log follows) one client may hold open at once; past it, 429.
+    # TCP clients are keyed by address, unix-socket callers by uid (SO_PEERCRED).
+    max_streams_per_client: int = 32
+    # TODO(#12): attach sessions, once they exist, count against max_streams_per_client.
 
     @property
     def database_path(self) -> Path:

@@ -14,7 +14,8 @@ from typing import Any
 from . import filters
 from .errors import CargoholdError, ErrorKind, invalid
 from .mergepatch import apply_merge_patch
-from .models import Container, ContainerCreate, ContainerFields, ContainerHead
+from .models import FIRST_PAGE, Container, ContainerCreate, ContainerFields, ContainerHead, PageRequest
+from .policy import SpecPolicy
 from .runtime.tasks import TaskService
 from .snapshots.service import SnapshotService
 from .store.containers import ContainerStore
@@ -61,32 +62,44 @@ def container_field(container: ContainerHead) -> filters.FieldGetter:
     return field
 
 
+def _spec_document(fields: ContainerFields) -> dict[str, Any]:
+    """The spec as the store keeps it."""
+    return fields.spec.model_dump(mode="json", exclude_unset=True)
+
+
 class ContainerService:
-    def __init__(self, store: ContainerStore, snapshots: SnapshotService, tasks: TaskService) -> None:
+    def __init__(
+        self, store: ContainerStore, snapshots: SnapshotService, tasks: TaskService, policy: SpecPolicy
+    ) -> None:
         self._store = store
+        self._policy = policy
         self._snapshots = snapshots
         self._tasks = tasks
 
     async def create(self, namespace: str, body: ContainerCreate) -> Container:
-        """Raises ALREADY_EXISTS, VALIDATION (no such snapshot); appends /containers/create
-        (and /namespaces/create on first use). The snapshot named by `snapshot_key` is pinned."""
+        """Raises ALREADY_EXISTS, VALIDATION (no such snapshot, or a spec the policy refuses);
+        appends /containers/create (and /namespaces/create on first use). The snapshot named
+        by `snapshot_key` is pinned."""
         self._snapshots.snapshotter(body.snapshotter)  # an unknown snapshotter is bad input
         fields = ContainerFields.model_validate(body.model_dump(exclude={"id"}, exclude_unset=True))
+        await self._policy.check_spec(namespace, _spec_document(fields))
         return await self._store.create(namespace, body.id, fields)
 
     async def get(self, namespace: str, container_id: str) -> Container:
         return await self._store.get(namespace, container_id)
 
-    async def list_json(self, namespace: str, filter_exprs: Sequence[str] = ()) -> bytes:
-        """The JSON of `ContainerList` for the containers matching any of `filter_exprs`.
-        Raises INVALID_ARGUMENT for a bad filter (before touching the store) and
-        NOT_FOUND for an unknown namespace."""
+    async def list_json(
+        self, namespace: str, filter_exprs: Sequence[str] = (), page: PageRequest = FIRST_PAGE
+    ) -> tuple[bytes, str | None]:
+        """The JSON of `ContainerList` for a page of the containers matching any of
+        `filter_exprs`, and its next cursor. Raises INVALID_ARGUMENT for a bad filter
+        (before touching the store) and NOT_FOUND for an unknown namespace."""
         match = filters.parse(filter_exprs)
         if match is filters.MATCH_ALL:
-            return await self._store.list_json(namespace)
+            return await self._store.list_json(namespace, page=page)
         # The store narrows with the filter's equalities in SQL; `matches` still decides.
         return await self._store.list_json(
-            namespace, lambda head: match.matches(container_field(head)), match.equalities()
+            namespace, lambda head: match.matches(container_field(head)), match.equalities(), page
         )
 
     async def update(
@@ -98,7 +111,9 @@ class ContainerService:
     ) -> Container:
         """Apply a JSON merge patch. Raises PRECONDITION_FAILED when `if_match` does not match
         the current ETag, INVALID_ARGUMENT for an attempt to change id or timestamps,
-        pydantic's ValidationError when the result is not a valid container."""
+        pydantic's ValidationError when the result is not a valid container, VALIDATION when
+        a changed spec is one the policy refuses."""
+        privileged = await self._policy.privileged(namespace)  # read before the write transaction
 
         def patched(current: Container) -> ContainerFields:
             etag = etag_of(current)
@@ -117,6 +132,9 @@ class ContainerService:
                 result.pop(member, None)
             fields = ContainerFields.model_validate(result)
             self._snapshots.snapshotter(fields.snapshotter)
+            spec = _spec_document(fields)
+            if spec != current.spec:  # a labels-only patch adds nothing the policy judges
+                self._policy.check(namespace, spec, privileged)
             return fields
 
         updated, released = await self._store.update(namespace, container_id, patched)

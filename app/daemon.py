@@ -8,6 +8,7 @@ reverse order. Constructors take their dependencies; nothing here is a global.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,18 +23,22 @@ from .models import Event, VersionInfo
 from .monitor.cgroups import detect_mode
 from .monitor.monitor import Monitor
 from .namespaces import NamespaceService
+from .ondisk import secure_layout
+from .policy import SpecPolicy, load_seccomp
 from .runtime.conmon import Conmon
 from .runtime.oci import OCIRuntime
 from .runtime.tasks import TaskService
 from .snapshots.native import NativeSnapshotter
 from .snapshots.overlay import OverlaySnapshotter, overlay_supported
-from .snapshots.service import SnapshotService, Snapshotter
+from .snapshots.service import ImportLimits, SnapshotService, Snapshotter
 from .store.containers import ContainerStore
 from .store.db import Database
 from .store.events import EventStore
 from .store.namespaces import NamespaceStore
 from .store.snapshots import SnapshotStore
 from .store.tasks import TaskStore
+
+log = logging.getLogger(__name__)
 
 RUNTIME_BINARIES = ("runc", "crun", "conmon")
 
@@ -60,17 +65,20 @@ async def open_daemon(
     """Build the daemon; `on_event` sees every published event, `observe_poll` every
     monitor poll's duration (the daemon's own metrics)."""
     async with AsyncExitStack() as stack:
-        settings.root.mkdir(parents=True, exist_ok=True)
-        settings.state.mkdir(parents=True, exist_ok=True)
-        db = await Database.open(settings.database_path, settings.event_retention)
+        secure_layout(settings)  # DESIGN "On disk": modes fixed, or StartupError
+        db = await Database.open(
+            settings.database_path, settings.event_retention, settings.event_retention_bytes,
+            settings.event_max_payload_bytes,
+        )
         stack.push_async_callback(db.close)
         bus = EventBus(settings.subscriber_queue_size, on_publish=on_event)
         db.on_commit = bus.publish
         snapshotters = available_snapshotters()
         default_snapshotter = settings.snapshotter or ("overlayfs" if "overlayfs" in snapshotters else "native")
         snapshots = SnapshotService(
-            SnapshotStore(db), settings.root, snapshotters, default_snapshotter, settings.import_max_bytes
+            SnapshotStore(db), settings.root, snapshotters, default_snapshotter, ImportLimits.from_settings(settings)
         )
+        stack.callback(snapshots.close)
         snapshots.snapshotter(default_snapshotter)  # refuse an unknown --snapshotter at start
         container_store = ContainerStore(db, default_snapshotter)
         runtimes, conmon, missing = find_runtimes(settings)
@@ -78,6 +86,12 @@ async def open_daemon(
         monitor = Monitor(mode, settings.monitor_interval, observe_poll)
         monitor.start()
         stack.push_async_callback(monitor.close)
+        seccomp, seccomp_missing = load_seccomp(settings.seccomp_profile)  # a named file must load
+        if seccomp_missing:
+            log.warning("%s", seccomp_missing)
+        policy = SpecPolicy(
+            NamespaceStore(db), settings.allow_privileged, settings.allowed_bind_roots, seccomp, seccomp_missing
+        )
         tasks = TaskService(
             TaskStore(db, settings.exit_retention, timedelta(seconds=settings.exit_max_age_seconds)),
             container_store,
@@ -87,7 +101,7 @@ async def open_daemon(
             runtimes=runtimes,
             conmon=conmon,
             missing=missing,
-            allowed_bind_roots=list(settings.allowed_bind_roots),
+            policy=policy,
             monitor=monitor,
         )
         # Tasks first: their rootfs mounts live under the snapshots' data dirs.
@@ -98,7 +112,7 @@ async def open_daemon(
             settings=settings,
             bus=bus,
             namespaces=NamespaceService(NamespaceStore(db)),
-            containers=ContainerService(container_store, snapshots, tasks),
+            containers=ContainerService(container_store, snapshots, tasks, policy),
             snapshots=snapshots,
             tasks=tasks,
             monitor=monitor,

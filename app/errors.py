@@ -23,6 +23,7 @@ class ErrorKind(StrEnum):
     TOO_LARGE = "too-large"
     VALIDATION = "validation"
     UNAVAILABLE = "unavailable"
+    RESOURCE_EXHAUSTED = "resource-exhausted"  # a per-client cap reached (429)
 
 
 class CargoholdError(Exception):

@@ -23,6 +23,20 @@ from .models import Event, EventPage
 from .store.events import EventStore
 
 
+class EventsLostError(Exception):
+    """A stream cannot go on without a gap: the events after `since` up to `oldest_id - 1`
+    were pruned from the store (retention) before they could be replayed."""
+
+    def __init__(self, since: int, oldest_id: int) -> None:
+        self.since = since
+        self.oldest_id = oldest_id
+        super().__init__(
+            f"events {since + 1} to {oldest_id - 1} were pruned (retention) before this stream could "
+            f"replay them; the oldest event kept is {oldest_id}. Read the current state again, then "
+            f"stream with since={oldest_id - 1}, or without since for new events only"
+        )
+
+
 class Subscription:
     """One subscriber's bounded view of the live event flow."""
 
@@ -127,12 +141,12 @@ class EventService:
         last_id = since
         while len(found) < limit:
             batch = await self._store.after(last_id, self.PAGE)
-            for event in batch:
-                last_id = event.id
-                if match.matches(event_field(event)):
-                    found.append(event)
-                    if len(found) == limit:
-                        break
+            last_id = batch[-1].id if batch else last_id
+            for event in await match.select(batch, event_field):
+                found.append(event)
+                if len(found) == limit:
+                    last_id = event.id
+                    break
             if len(batch) < self.PAGE:
                 break
         return EventPage(events=found, last_id=last_id)
@@ -141,7 +155,9 @@ class EventService:
         """Every matching event after `since` (None: after the last one stored now), then live
         ones: in id order, none twice, none missing. The starting point is fixed before this
         returns, so an event committed once the caller has its stream is never skipped.
-        Raises INVALID_ARGUMENT for a bad filter before anything is streamed."""
+        Raises INVALID_ARGUMENT for a bad filter before anything is streamed; the stream
+        raises EventsLostError (and ends) when events it should replay were pruned, whether
+        asked for by `since` or missed while the subscriber lagged."""
         match = parse_filters(filter_exprs)
         start = await self._store.last_id() if since is None else since
         return self._follow(match, start)
@@ -153,29 +169,35 @@ class EventService:
         try:
             last_id = since
             while True:
-                async for event in self._replay(last_id):
-                    last_id = event.id
-                    if match.matches(event_field(event)):
+                async for stored in self._replay(last_id):
+                    last_id = stored[-1].id
+                    for event in await match.select(stored, event_field):
                         yield event
                 while True:
                     batch = await subscription.next_batch()
                     if not batch:  # lagging: fall back to the store, then follow again
                         subscription.resume()
                         break
-                    for event in batch:
-                        if event.id <= last_id:
-                            continue
-                        last_id = event.id
-                        if match.matches(event_field(event)):
-                            yield event
+                    fresh = [event for event in batch if event.id > last_id]
+                    if fresh:
+                        last_id = fresh[-1].id
+                    for event in await match.select(fresh, event_field):
+                        yield event
         finally:
             self._bus.unsubscribe(subscription)
 
-    async def _replay(self, since: int) -> AsyncIterator[Event]:
+    async def _replay(self, since: int) -> AsyncIterator[list[Event]]:
+        """Stored events after `since`, a page at a time (never an empty one). Raises
+        EventsLostError when some were pruned: ids are contiguous (one writer; a rolled-back
+        id is used again), so a first id past `since + 1` means the ones between are gone."""
+        first = True
         while True:
             batch = await self._store.after(since, self.PAGE)
-            for event in batch:
-                yield event
+            if first and batch and batch[0].id > since + 1:
+                raise EventsLostError(since, batch[0].id)
+            first = False
+            if batch:
+                yield batch
             if len(batch) < self.PAGE:
                 return
             since = batch[-1].id

@@ -23,10 +23,15 @@ everything. Whitespace between tokens is ignored.
   quoted, or just ``\d`` bare.
 - After ``~=`` a value may also be quoted ``/.../`` or ``|...|`` (escape the delimiter
   as ``\/`` or ``\|``), which keeps ``,`` and ``"`` inside: ``name~=/[a-z]{1,3}/``.
-- ``==`` equal; ``!=`` not equal; ``~=`` a Python ``re`` pattern, searched anywhere in
-  the value (Go's ``MatchString``). As in containerd, an absent field reads as ``""``
-  for ``!=`` and ``~=``: ``labels.env!=prod`` keeps objects without an ``env`` label,
-  ``labels.env!=""`` keeps only those with a non-empty one.
+- ``==`` equal; ``!=`` not equal; ``~=`` a regular expression in RE2 syntax (that of
+  Go's ``regexp``, which containerd uses), searched anywhere in the value (Go's
+  ``MatchString``); ``$`` is the end of the value, as in Go. RE2 runs in time linear in
+  the value, so no pattern can stall a scan. What RE2 refuses is a bad filter:
+  backreferences (``(a)\1``), lookaround (``(?=x)``), a repetition above ``{1000}``
+  (nested ones multiply), a program beyond RE2's default 8 MiB budget.
+- As in containerd, an absent field reads as ``""`` for ``!=`` and ``~=``:
+  ``labels.env!=prod`` keeps objects without an ``env`` label, ``labels.env!=""`` keeps
+  only those with a non-empty one.
 
 Grammar::
 
@@ -44,16 +49,21 @@ the 0-based character position, what was expected, and the input marked there::
     in "labels.a=b" (labels.a>|=|<b); write == to test equality
 
 Objects are read through a ``FieldGetter``, ``field(path) -> str | None`` (None when
-absent), which lives with each domain type; this module knows no domain type.
+absent), which lives with each domain type; this module knows no domain type. A caller
+matching many objects does it in `off_loop`, never on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TypeVar
+
+import re2
 
 from app.errors import invalid
 
@@ -72,12 +82,41 @@ _NUMERIC_ESCAPE = re.compile(f"x{_HEX}{{2}}|u{_HEX}{{4}}|U{_HEX}{{8}}|[0-7]{{3}}
 _QUOTE_HINT = 'double-quote a component with other characters: labels."example.com/key"'
 
 
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # a bad pattern is the client's 400, not a line in our log
+    options.never_capture = True  # a filter asks whether, never where: no submatches to track
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+# Threads of their own for matching many objects: RE2 releases the GIL as it matches, so
+# the event loop keeps serving; two threads bound how much of the GIL filters take from
+# it, and a long scan never holds a thread of the default executor (mounts, teardown).
+_MATCHING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="filters")
+_T = TypeVar("_T")
+
+
+async def off_loop(work: Callable[[], _T]) -> _T:
+    """Run `work` (a scan that matches filters over many objects) on the filters' threads."""
+    return await asyncio.get_running_loop().run_in_executor(_MATCHING, work)
+
+# What to write instead, for what RE2 refuses that Python's or PCRE's syntax allows.
+_RE2_HINTS = {
+    "invalid escape sequence": r"RE2 has no backreferences (\1) and writes the end of text \z, not \Z",
+    "invalid perl operator": "RE2 has no lookahead or lookbehind (see RE2's syntax page)",
+    "invalid repetition size": "a count is at most 1000, and nested counts multiplied too",
+    "pattern too large - compile failed": "the pattern compiles to more than RE2's 8 MiB budget; simplify it",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class _Selector:
     path: tuple[str, ...]
     op: str  # "" tests presence
     value: str = ""
-    regex: re.Pattern[str] | None = None
+    regex: re2._Regexp[bytes] | None = None
 
     def matches(self, field: FieldGetter) -> bool:
         got = field(self.path)
@@ -87,7 +126,9 @@ class _Selector:
             return got is not None and got == self.value
         text = "" if got is None else got  # containerd reads an absent field as ""
         if self.regex is not None:
-            return self.regex.search(text) is not None
+            # Bytes, as RE2 matches them: a lone surrogate (JSON allows "\ud800") passes
+            # through instead of failing the encoding.
+            return self.regex.search(text.encode("utf-8", "surrogatepass")) is not None
         return text != self.value
 
 
@@ -99,6 +140,14 @@ class Filter:
 
     def matches(self, field: FieldGetter) -> bool:
         return any(all(s.matches(field) for s in sels) for sels in self._alternatives)
+
+    async def select(self, items: Sequence[_T], field_of: Callable[[_T], FieldGetter]) -> list[_T]:
+        """The items this filter matches, in order. With a regular expression among the
+        selectors they are matched `off_loop`, as a pattern over long values may take
+        milliseconds each; plain comparisons are cheaper than the trip and stay here."""
+        if not any(s.regex is not None for sels in self._alternatives for s in sels):
+            return [item for item in items if self.matches(field_of(item))]
+        return await off_loop(lambda: [item for item in items if self.matches(field_of(item))])
 
     def equalities(self) -> tuple[tuple[Equality, ...], ...]:
         """Per alternative, the `==` selectors' (path, value) pairs: every object that
@@ -182,13 +231,18 @@ class _Parser:
         if op != "~=":
             return _Selector(path, op, value)
         try:
-            regex = re.compile(value)
-        except re.error as err:
-            # Point at the offending character when the value is verbatim in the input.
+            regex = re2.compile(value.encode(), _RE2_OPTIONS)
+        except re2.error as err:
+            # RE2 says "<problem>: <the part of the pattern at fault>" (or no part): point
+            # at that part when the value is verbatim in the input, else at the value.
+            said = err.args[0] if err.args else ""
+            said = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)
+            problem, _, culprit = said.partition(": ")
             body = start if self.text[start] not in '"/|' else start + 1
             verbatim = self.text[body : body + len(value)] == value
-            pos = body + (err.pos or 0) if verbatim else start
-            self.fail(pos, f"invalid regular expression: {err.msg}")
+            offset = value.find(culprit) if culprit else -1
+            pos = body + offset if verbatim and offset >= 0 else start
+            self.fail(pos, f"invalid regular expression (RE2 syntax): {problem}", _RE2_HINTS.get(problem, ""))
         return _Selector(path, op, value, regex)
 
     def fieldpath(self) -> tuple[str, ...]:

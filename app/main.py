@@ -7,10 +7,12 @@ FastAPI.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -26,6 +28,9 @@ from .config import Settings
 from .daemon import open_daemon
 from .metrics import DaemonMetrics
 from .monitor.collector import ContainerCollector
+from .ondisk import PRIVATE_FILE, PUBLIC_DIR, StartupError, ensure_dir, ensure_file
+
+log = logging.getLogger(__name__)
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -75,24 +80,99 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    app.openapi_schema = document_problems(FastAPI.openapi(app))
+    app.openapi_schema = document_problems(FastAPI.openapi(app), is_public=_public_without_token)
     return app.openapi_schema
 
 
+def _public_without_token(path: str) -> bool:
+    """Paths the description shows without the bearer scheme: those the token middleware lets
+    through on every daemon. `/metrics` needs the token unless --metrics-public, so it is
+    documented with it; the web view's static files load without one."""
+    return path == "/healthz" or path == "/ui" or path.startswith("/ui/")
+
+
+# Shorter tokens are refused at start. 16 characters: the generated token has 43 (32
+# random bytes, base64url); a hand-written one shorter than 16 is a typo, a truncated
+# file or a guessable word, never a secret worth guarding root-equivalent access with.
+MIN_TOKEN_LENGTH = 16
+
+
 def load_token(settings: Settings) -> str:
-    """The bearer token for TCP listeners: --token-file, or one generated into the state dir."""
+    """The bearer token for TCP listeners: --token-file, or `<state>/token`, generated when
+    absent. Raises StartupError for a token shorter than MIN_TOKEN_LENGTH (an empty one
+    included): a daemon never serves TCP with an empty token.
+
+    A generated token is written whole or not at all (a temp file, fsync, then a link to
+    its name), so an interrupted start leaves no empty token; an empty `<state>/token`
+    that an older version left is replaced, with a warning. A short non-empty one was
+    written by someone: it is refused, not silently replaced."""
     if settings.token_file is not None:
-        token = settings.token_file.read_text().strip()
-        if not token:
-            raise ValueError(f"token file {settings.token_file} is empty")
+        path = settings.token_file
+        try:
+            token = path.read_text().strip()
+        except OSError as error:
+            raise StartupError(f"cannot read --token-file {path}: {error.strerror}") from error
+        _check_token(token, f"--token-file {path}", "write one of at least {n} characters there")
+        if path.stat().st_mode & 0o077:
+            log.warning("--token-file %s is readable by other users; chmod 0600 it", path)
         return token
     path = settings.default_token_path
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    # O_EXCL + 0600: never readable by others, never clobbering a concurrent writer's token.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(token + "\n")
+    ensure_dir(settings.state, PUBLIC_DIR)
+    if not (path.exists() or path.is_symlink()):
+        return _generate_token(path)
+    ensure_file(path, PRIVATE_FILE)  # ours, not a link, 0600
+    token = path.read_text().strip()
+    if not token:
+        log.warning("%s was empty (a start interrupted while writing it); generated a new token", path)
+        return _generate_token(path, replace=True)
+    _check_token(token, str(path), "delete it to have a new one generated, or write one of at least {n} characters")
     return token
+
+
+def _check_token(token: str, source: str, fix: str) -> None:
+    if len(token) < MIN_TOKEN_LENGTH:
+        what = "is empty" if not token else f"holds a token of {len(token)} characters"
+        raise StartupError(
+            f"{source} {what}; TCP listeners need a bearer token of at least {MIN_TOKEN_LENGTH} characters: "
+            + fix.format(n=MIN_TOKEN_LENGTH)
+        )
+
+
+def _generate_token(path: Path, replace: bool = False) -> str:
+    """Write a new token to `path` atomically; if another daemon made `path` meanwhile
+    (and `replace` is false), use its token instead."""
+    token = secrets.token_urlsafe(32)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        with os.fdopen(fd, "w") as file:
+            os.fchmod(fd, PRIVATE_FILE)  # whatever the umask
+            file.write(token + "\n")
+            file.flush()
+            os.fsync(fd)
+        if replace:
+            os.replace(temp, path)
+        else:
+            try:
+                os.link(temp, path)  # never clobbers a token another daemon just wrote
+            except FileExistsError:
+                return _read_token(path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return token
+
+
+def _read_token(path: Path) -> str:
+    """The token at `path`, checked as at start."""
+    token = path.read_text().strip()
+    _check_token(token, str(path), "delete it to have a new one generated")
+    return token
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -145,8 +145,45 @@ class ContainerHead:
     labels: dict[str, str]
 
 
+# --- Lists: a page at a time ----------------------------------------------------------
+
+T = TypeVar("T")
+
+# Page sizes of every list (`?limit=`): the API's contract, documented in the OpenAPI.
+DEFAULT_PAGE_LIMIT = 1000
+MAX_PAGE_LIMIT = 10_000
+_NEXT_CURSOR = Field(
+    default=None,
+    description="pass as `after` to read the next page; null: this page is the last. A page may "
+    "hold fewer than `limit` objects (their bytes are bounded too): follow the cursor, not the count.",
+)
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """Which page of a list: objects whose key sorts after `after` ("" from the first),
+    at most `limit` of them and about `max_bytes` of their JSON."""
+
+    limit: int = DEFAULT_PAGE_LIMIT
+    after: str = ""
+    max_bytes: int = 16 * 1024 * 1024
+
+
+# The first page, of the default size: the default of every `list` method below the API.
+FIRST_PAGE = PageRequest()
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list and the cursor to the next (None: the last page)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
 class ContainerList(BaseModel):
     containers: list[Container]
+    next_cursor: str | None = _NEXT_CURSOR
 
 
 # --- Namespaces ------------------------------------------------------------------
@@ -177,6 +214,7 @@ class Namespace(BaseModel):
 
 class NamespaceList(BaseModel):
     namespaces: list[Namespace]
+    next_cursor: str | None = _NEXT_CURSOR
 
 
 # --- Snapshots -------------------------------------------------------------------
@@ -214,6 +252,7 @@ class Snapshot(BaseModel):
 
 class SnapshotList(BaseModel):
     snapshots: list[Snapshot]
+    next_cursor: str | None = _NEXT_CURSOR
 
 
 class Mount(BaseModel):
@@ -264,6 +303,7 @@ class Task(BaseModel):
 
 class TaskList(BaseModel):
     tasks: list[Task]
+    next_cursor: str | None = _NEXT_CURSOR
 
 
 class Exit(BaseModel):
@@ -353,6 +393,11 @@ class LogLine(BaseModel):
     time: datetime
     stream: str = Field(description="stdout or stderr")
     line: str
+    partial: bool = Field(
+        default=False,
+        description="the line goes on in the next line of the same stream (CRI's `P` tag): it was "
+        "longer than the daemon's --log-line-max-size, or had not ended when the log did",
+    )
 
 
 # --- Events ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from app.api.middleware import ListenerMark
 from app.config import Listener, Settings
 from app.main import create_app
 
@@ -94,12 +95,13 @@ async def wait_for(condition: Callable[[], bool], within: float = 10.0) -> None:
 
 @asynccontextmanager
 async def running_server(settings: Settings) -> AsyncIterator[uvicorn.Server]:
-    """A real uvicorn serving `create_app(settings)` on `settings.state / cargohold.sock`."""
+    """A real uvicorn serving `create_app(settings)` on `settings.state / cargohold.sock`,
+    its requests marked as a unix listener's."""
     sock = settings.state / "cargohold.sock"
     sock.parent.mkdir(parents=True, exist_ok=True)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), uds=str(sock), log_level="warning", lifespan="on")
-    )
+    # Marked as `cargohold serve` marks a unix listener's requests (came_over_unix).
+    app = ListenerMark(create_app(settings), "unix")
+    server = uvicorn.Server(uvicorn.Config(app, uds=str(sock), log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve(), name="test.uvicorn")
     try:
         await wait_for(lambda: server.started or serving.done())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from ..containers import etag_of
 from ..models import Container, ContainerCreate, ContainerList
-from .deps import ContainerId, Containers, NamespaceHeader
+from .deps import ContainerId, Containers, NamespaceHeader, PageQuery, link_next_page
 from .problems import problems
 
 router = APIRouter(prefix="/containers", tags=["containers"])
@@ -37,16 +37,28 @@ async def create_container(
     return created
 
 
-@router.get("", summary="List containers", response_model=ContainerList, responses=problems(400, 404))
+@router.get(
+    "",
+    summary="List containers",
+    description="A page at a time, by id: `limit` (default 1,000, at most 10,000) and `after` "
+    "(the previous page's `next_cursor`, also in the `Link` header with `rel=\"next\"`). "
+    "A page also ends once its containers reach the daemon's --list-max-size bytes.",
+    response_model=ContainerList,
+    responses=problems(400, 404, 422),
+)
 async def list_containers(
     namespace: NamespaceHeader,
     containers: Containers,
+    page: PageQuery,
+    request: Request,
     filters: Annotated[list[str], Query(alias="filter", description=FILTER_DOC)] = [],  # noqa: B006
 ) -> Response:
     # The store writes the body as FastAPI would write `ContainerList` (the documented
     # response model), without building the models: lists are the hot read.
-    body = await containers.list_json(namespace, filters)
-    return Response(content=body, media_type="application/json")
+    body, next_cursor = await containers.list_json(namespace, filters, page)
+    response = Response(content=body, media_type="application/json")
+    link_next_page(request, response, next_cursor)
+    return response
 
 
 @router.get("/{container_id}", summary="Get a container", responses=problems(400, 404))

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Query, Request, Response
 
 from ..containers import ContainerService
 from ..daemon import Daemon
 from ..events import EventService
 from ..identifiers import IDENTIFIER_PATTERN, validate_identifier
+from ..models import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, PageRequest
 from ..namespaces import NamespaceService
 from ..runtime.tasks import TaskService
+from ..serving import PEER_UID_KEY
 from ..snapshots.service import SnapshotService
+from ..streams import ClientStreams
+from .middleware import came_over_unix
 
 
 async def get_daemon(request: Request) -> Daemon:
@@ -46,7 +50,26 @@ async def get_tasks(daemon: DaemonDep) -> TaskService:
     return daemon.tasks
 
 
+async def get_streams(request: Request, daemon: DaemonDep) -> ClientStreams:
+    # One count per app, made on first use (the app outlives a lifespan in tests).
+    streams: ClientStreams | None = getattr(request.app.state, "client_streams", None)
+    if streams is None:
+        streams = ClientStreams(daemon.settings.max_streams_per_client)
+        request.app.state.client_streams = streams
+    return streams
+
+
+def client_key(request: Request) -> str:
+    """Whose streams a request counts against: TCP clients by address; unix-socket callers
+    by uid where the server gives it (app/serving.py), else all as one ("unix socket")."""
+    if came_over_unix(request.scope) or request.client is None:
+        uid = request.scope.get(PEER_UID_KEY)
+        return "unix socket" if uid is None else f"uid {uid} on the unix socket"
+    return request.client.host
+
+
 Containers = Annotated[ContainerService, Depends(get_containers)]
+Streams = Annotated[ClientStreams, Depends(get_streams)]
 Namespaces = Annotated[NamespaceService, Depends(get_namespaces)]
 Events = Annotated[EventService, Depends(get_events)]
 Snapshots = Annotated[SnapshotService, Depends(get_snapshots)]
@@ -92,3 +115,27 @@ ExecId = Annotated[str, Depends(exec_id_path)]
 SnapshotKey = Annotated[str, Depends(snapshot_key_path)]
 ContainerId = Annotated[str, Depends(container_id_path)]
 NamespaceName = Annotated[str, Depends(namespace_name_path)]
+
+
+async def page_query(
+    daemon: DaemonDep,
+    limit: Annotated[
+        int,
+        Query(ge=1, le=MAX_PAGE_LIMIT, description=f"at most this many objects (default {DEFAULT_PAGE_LIMIT})"),
+    ] = DEFAULT_PAGE_LIMIT,
+    after: Annotated[
+        str | None,
+        Query(max_length=1024, description="the `next_cursor` of the previous page: objects sorted after it"),
+    ] = None,
+) -> PageRequest:
+    return PageRequest(limit=limit, after=after or "", max_bytes=daemon.settings.list_max_bytes)
+
+
+PageQuery = Annotated[PageRequest, Depends(page_query)]
+
+
+def link_next_page(request: Request, response: Response, next_cursor: str | None) -> None:
+    """`Link: <this list, after the cursor>; rel="next"` (RFC 8288), as GitHub's API pages."""
+    if next_cursor is not None:
+        url = request.url.include_query_params(after=next_cursor)
+        response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from ..errors import invalid
+from ..events import EventsLostError
 from ..models import Event, EventPage
-from .deps import DaemonDep, Events
+from .deps import DaemonDep, Events, Streams, client_key
 from .problems import problems
-from .sse import event_source
+from .sse import event_source, held_while_sent
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -33,10 +36,28 @@ def _event_id(value: str, name: str) -> int:
 
 def _sse(events: AsyncIterator[Event]) -> AsyncIterator[ServerSentEvent]:
     async def frames() -> AsyncIterator[ServerSentEvent]:
-        async for event in events:
-            yield ServerSentEvent(data=event.model_dump_json(), event=event.topic, id=str(event.id))
+        try:
+            async for event in events:
+                yield ServerSentEvent(data=event.model_dump_json(), event=event.topic, id=str(event.id))
+        except EventsLostError as lost:
+            yield events_lost_frame(lost)
 
     return frames()
+
+
+def events_lost_frame(lost: EventsLostError) -> ServerSentEvent:
+    """The stream's last frame when events it owed were pruned (DESIGN: "dropped with a
+    final error event"): `event: error`, a problem+json body naming the oldest id kept.
+    It has no `id:`, so a reconnecting EventSource resumes from where it was and is told
+    again, rather than skipping the gap unseen."""
+    problem = {
+        "type": "urn:cargohold:problem:events-lost",
+        "title": HTTPStatus.GONE.phrase,
+        "status": HTTPStatus.GONE.value,
+        "detail": str(lost),
+        "oldest_id": lost.oldest_id,
+    }
+    return ServerSentEvent(data=json.dumps(problem), event="error")
 
 
 @router.get(
@@ -44,17 +65,22 @@ def _sse(events: AsyncIterator[Event]) -> AsyncIterator[ServerSentEvent]:
     summary="Stream events (server-sent events)",
     description="Each event is `id: <id>`, `event: <topic>`, `data: <envelope>`. Resume with "
     "`Last-Event-ID` (or `since`): every later event is replayed once, in order, then live "
-    "ones follow. Without either, only new events are sent. Idle streams get heartbeat comments.",
+    "ones follow. Without either, only new events are sent. Idle streams get heartbeat comments. "
+    "When events the stream owes were pruned (retention), it ends with `event: error`, a "
+    "problem+json body whose `oldest_id` is the oldest event kept. A client may hold "
+    "--max-streams-per-client streams (with log follows) at once: one more is a 429.",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, **problems(400)},
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, **problems(400, 429)},
 )
 async def stream_events(
     events: Events,
     daemon: DaemonDep,
+    streams: Streams,
+    request: Request,
     filters: Annotated[list[str], Query(alias="filter", description=FILTER_DOC)] = [],  # noqa: B006
     since: Annotated[str | None, Query(description="replay events after this id")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> Response:
     # A reconnecting browser sends Last-Event-ID for the URL it first used: it wins.
     if last_event_id is not None:
         start: int | None = _event_id(last_event_id, "Last-Event-ID")
@@ -63,7 +89,8 @@ async def stream_events(
     else:
         start = None
     stream = await events.stream(filters, start)
-    return event_source(_sse(stream), daemon.settings)
+    release = streams.acquire(client_key(request), "an event stream")
+    return held_while_sent(event_source(_sse(stream), daemon.settings), release)
 
 
 @router.get("/history", summary="Read stored events, a page at a time", responses=problems(400, 422))

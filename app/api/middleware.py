@@ -1,26 +1,66 @@
-"""Pure ASGI middleware: bearer-token authentication on TCP, the request body limit, and
-routing on raw path segments.
+"""Pure ASGI middleware: which listener a request came over, bearer-token authentication
+(HTTP and WebSocket) off the unix socket, the request body limit, and routing on raw path
+segments.
 
-Both answer with problem+json themselves and never buffer a body.
+Those that refuse answer with problem+json themselves and never buffer a body.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Collection
+from typing import Literal
 from urllib.parse import unquote
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import CargoholdError, ErrorKind
 from .problems import problem_response
 
+# The scope key `ListenerMark` sets: "unix" or "tcp", as the listener was bound.
+LISTENER_KEY = "cargohold.listener"
+# Kubernetes' way for a browser, which cannot set headers on a WebSocket, to send a token:
+# a subprotocol `base64url.bearer.authorization.k8s.io.<the token, base64url, unpadded>`.
+K8S_TOKEN_SUBPROTOCOL = "base64url.bearer.authorization.k8s.io."
+
+
+def came_over_unix(scope: Scope) -> bool:
+    """True when the request or WebSocket arrived on a unix-socket listener: a caller as
+    trusted as root, since the socket's file mode is the gate (as Docker's socket).
+
+    Told by how the listener was bound, not by what the server reports of its address:
+    each listener's app is wrapped in a `ListenerMark` (cli.serve, tests' running_server).
+    A scope without the mark (an in-process client, a server that did not mark) is not
+    trusted."""
+    return scope.get(LISTENER_KEY) == "unix"
+
+
+class ListenerMark:
+    """Marks each request and WebSocket with how the listener that took it was bound;
+    one per listener (uvicorn serves each with its own `Server`)."""
+
+    def __init__(self, app: ASGIApp, kind: Literal["unix", "tcp"]) -> None:
+        self.app = app
+        self.kind = kind
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope[LISTENER_KEY] = self.kind
+        await self.app(scope, receive, send)
+
 
 class TokenAuthMiddleware:
-    """Require `Authorization: Bearer <token>` on requests that came over TCP.
+    """Require the bearer token on requests and WebSockets that did not come over a unix
+    socket (`came_over_unix`), but on `public_paths`.
 
-    Unix-socket requests are trusted as Docker's socket is: its file mode is the gate.
-    uvicorn reports a unix socket's `server` as (path, None): no port tells them apart.
+    HTTP: `Authorization: Bearer <token>`, else 401 problem+json. A WebSocket may also
+    send it as the Kubernetes subprotocol (`K8S_TOKEN_SUBPROTOCOL`), which is then taken
+    out of the offered subprotocols so the app never echoes it; a refused WebSocket is
+    answered before it is accepted: the same 401 where the server has the WebSocket
+    Denial Response extension (uvicorn has), else a close with 1008 (policy violation).
     """
 
     def __init__(self, app: ASGIApp, token: str, public_paths: Collection[str]) -> None:
@@ -29,26 +69,55 @@ class TokenAuthMiddleware:
         self._public_paths = frozenset(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        server = scope.get("server")
-        over_tcp = server is not None and server[1] is not None
-        if scope["type"] != "http" or not over_tcp or scope["path"] in self._public_paths:
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or came_over_unix(scope) or scope["path"] in self._public_paths:
             await self.app(scope, receive, send)
             return
-        supplied = dict(scope["headers"]).get(b"authorization", b"")
+        headers = Headers(scope=scope)
+        supplied = headers.get("authorization", "").encode("latin-1")
         scheme, _, credentials = supplied.partition(b" ")
         # The scheme is case-insensitive (RFC 9110 11.1); the token is compared in constant time.
-        if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token):
+        accepted = scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
+        tried = bool(supplied)
+        if kind == "websocket":
+            offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+            in_subprotocol = [p for p in offered if p.startswith(K8S_TOKEN_SUBPROTOCOL)]
+            if in_subprotocol:
+                tried = True
+                accepted = accepted or any(self._matches_encoded(p) for p in in_subprotocol)
+                scope = _without_subprotocols(scope, in_subprotocol)
+        if accepted:
             await self.app(scope, receive, send)
             return
         detail = (
-            "wrong bearer token" if supplied else
+            "wrong bearer token" if tried else
             "this endpoint needs 'Authorization: Bearer <token>' over TCP; "
             "the token is in the daemon's --token-file (default: <state>/token)"
         )
         response = problem_response(
             401, detail, ErrorKind.UNAUTHENTICATED.value, headers={"WWW-Authenticate": "Bearer"}
         )
+        if kind == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008, "reason": "unauthenticated"})
+            return
         await response(scope, receive, send)
+
+    def _matches_encoded(self, subprotocol: str) -> bool:
+        encoded = subprotocol.removeprefix(K8S_TOKEN_SUBPROTOCOL)
+        try:
+            token = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(token, self._token)
+
+
+def _without_subprotocols(scope: Scope, removed: list[str]) -> Scope:
+    """`scope` with `removed` taken out of its subprotocols and its header."""
+    kept = [p for p in scope.get("subprotocols", []) if p not in removed]
+    headers = [(name, value) for name, value in scope["headers"] if name.lower() != b"sec-websocket-protocol"]
+    if kept:
+        headers.append((b"sec-websocket-protocol", ", ".join(kept).encode("latin-1")))
+    return {**scope, "subprotocols": kept, "headers": headers}
 
 
 class BodyLimitMiddleware:

@@ -10,7 +10,7 @@ that logs the traceback and says little.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -26,6 +26,8 @@ from ..models import Problem
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# The OpenAPI security scheme of the TCP bearer token.
+SECURITY_SCHEME = "bearer"
 
 STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID_ARGUMENT: 400,
@@ -37,6 +39,7 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.VALIDATION: 422,
     ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.RESOURCE_EXHAUSTED: 429,
 }
 
 _DESCRIPTIONS = {
@@ -47,6 +50,7 @@ _DESCRIPTIONS = {
     412: "If-Match did not match the current ETag",
     413: "Request body too large",
     422: "A field failed validation; `errors` names each one",
+    429: "Too many streams open from this client: close one, or retry later",
     503: "The runtime is not available",
 }
 
@@ -69,27 +73,52 @@ def problem_response(
     return JSONResponse(body, status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
+_CHALLENGE = {
+    "WWW-Authenticate": {"description": "`Bearer`: the scheme to authenticate with", "schema": {"type": "string"}}
+}
+
+
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for each status; `document_problems` gives them their
     problem+json schema once the whole document is built."""
     return {status: {"description": _DESCRIPTIONS[status]} for status in statuses}
 
 
-def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
-    """Make every 4xx/5xx response of an OpenAPI document what the app really sends:
-    `application/problem+json` with the Problem schema (FastAPI's own 422 included)."""
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.setdefault("Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
+def document_problems(schema: dict[str, Any], is_public: Callable[[str], bool]) -> dict[str, Any]:
+    """Make every error response of an OpenAPI document what the app really sends, and
+    document the errors every route can answer whatever its router says:
+
+    - 401 and the `bearer` security scheme on each operation whose path is not public
+      (`is_public(path)` false): over TCP the token middleware answers before any route;
+    - 413 on each operation that takes a body: the body limit middleware answers it;
+    - every 4xx/5xx as `application/problem+json` with the Problem schema (FastAPI's own
+      422 included), the only error body the app sends.
+    """
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.setdefault("Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
+    components.setdefault("securitySchemes", {})[SECURITY_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Needed over TCP listeners: the token in the daemon's --token-file (default "
+        "<state>/token). Callers on the unix socket send none: the socket's file mode is the gate.",
+    }
     content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
-    for operations in schema.get("paths", {}).values():
+    for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
-            for status, response in operation.get("responses", {}).items():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault("413", {"description": _DESCRIPTIONS[413]})
+            if not is_public(path):
+                operation["security"] = [{SECURITY_SCHEME: []}]
+                responses.setdefault("401", {"description": _DESCRIPTIONS[401]})["headers"] = _CHALLENGE
+            for status, response in responses.items():
                 if status[0] in "45":
                     response["content"] = content
                     if status == "422":
                         response["description"] = _DESCRIPTIONS[422]
     for unused in ("HTTPValidationError", "ValidationError"):
-        components.pop(unused, None)
+        schemas.pop(unused, None)
     return schema
 
 

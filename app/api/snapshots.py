@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from ..models import Mount, Snapshot, SnapshotCommit, SnapshotCreate, SnapshotList, Usage
-from .deps import NamespaceHeader, SnapshotKey, Snapshots
+from .deps import NamespaceHeader, PageQuery, SnapshotKey, Snapshots, link_next_page
 from .problems import problems
 
 router = APIRouter(prefix="/snapshots", tags=["snapshots"])
@@ -41,7 +41,11 @@ async def prepare_snapshot(
     summary="Import a tar stream as a committed snapshot",
     description="The body is a tar (plain, gzip, bzip2 or xz), streamed; any content type is "
     "accepted. With `parent`, it is a layer applied on that committed snapshot: `.wh.` "
-    "whiteouts delete what the parent holds.",
+    "whiteouts delete what the parent holds. Nothing in it reaches outside the snapshot: "
+    "unsafe members are a 400. 413 past `--import-max-size` (the body, and the tar once "
+    "decompressed), `--import-max-entries`, or a PAX/GNU long-name header over 1 MiB; 400 "
+    "when the upload sends nothing for `--import-idle-timeout` seconds. A refused import "
+    "leaves nothing. The data is synced to disk before the snapshot is committed.",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -64,11 +68,23 @@ async def import_snapshot(
     return created
 
 
-@router.get("", summary="List snapshots", responses=problems(400, 404))
+@router.get(
+    "",
+    summary="List snapshots",
+    description="A page at a time, by key: `limit` and `after`, as `GET /containers`.",
+    responses=problems(400, 404, 422),
+)
 async def list_snapshots(
-    namespace: NamespaceHeader, snapshots: Snapshots, snapshotter: SnapshotterQuery = None
+    namespace: NamespaceHeader,
+    snapshots: Snapshots,
+    page: PageQuery,
+    request: Request,
+    response: Response,
+    snapshotter: SnapshotterQuery = None,
 ) -> SnapshotList:
-    return SnapshotList(snapshots=await snapshots.find(namespace, snapshotter))
+    found = await snapshots.find(namespace, snapshotter, page)
+    link_next_page(request, response, found.next_cursor)
+    return SnapshotList(snapshots=found.items, next_cursor=found.next_cursor)
 
 
 @router.get("/{key}", summary="Get a snapshot", responses=problems(400, 404))

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+import anyio
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette import ServerSentEvent
 
@@ -24,10 +25,22 @@ from ..models import (
     TaskMetrics,
     TaskPatch,
 )
+from ..pages import cut
 from ..runtime.tasks import TaskService
-from .deps import ContainerId, DaemonDep, ExecId, NamespaceHeader, Tasks
+from ..streams import ClientStreams
+from .deps import (
+    ContainerId,
+    DaemonDep,
+    ExecId,
+    NamespaceHeader,
+    PageQuery,
+    Streams,
+    Tasks,
+    client_key,
+    link_next_page,
+)
 from .problems import problems
-from .sse import event_source
+from .sse import event_source, held_while_sent
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -52,9 +65,21 @@ async def create_task(body: TaskCreate, namespace: NamespaceHeader, tasks: Tasks
     return task
 
 
-@router.get("", summary="List tasks", responses=problems(400, 404))
-async def list_tasks(namespace: NamespaceHeader, tasks: Tasks) -> TaskList:
-    return TaskList(tasks=await tasks.find(namespace))
+@router.get(
+    "",
+    summary="List tasks",
+    description="A page at a time, by id: `limit` and `after`, as `GET /containers`.",
+    responses=problems(400, 404, 422),
+)
+async def list_tasks(
+    namespace: NamespaceHeader, tasks: Tasks, page: PageQuery, request: Request, response: Response
+) -> TaskList:
+    # Tasks are few (each is a process tree on this host) and small: the page is cut
+    # here from the whole list, which the task store reads in two statements anyway.
+    listed = [task for task in await tasks.find(namespace) if task.id > page.after]
+    found = cut(listed, page, key=lambda task: task.id, size=lambda task: 300 + 200 * len(task.processes))
+    link_next_page(request, response, found.next_cursor)
+    return TaskList(tasks=found.items, next_cursor=found.next_cursor)
 
 
 @router.get("/{container_id}", summary="Get a task", responses=problems(*TASK_PROBLEMS))
@@ -123,12 +148,16 @@ async def delete_task(container_id: ContainerId, namespace: NamespaceHeader, tas
     return await tasks.delete(namespace, container_id)
 
 
+# The reader keeps the last `tail` lines in a deque, whose length is a C ssize_t.
+MAX_TAIL = 2**63 - 1
+
+
 class LogQuery:
     """What a log request asks for: the query parameters and whether it wants SSE."""
 
     def __init__(
         self,
-        tail: Annotated[int | None, Query(ge=0, description="only the last N lines")] = None,
+        tail: Annotated[int | None, Query(ge=0, le=MAX_TAIL, description="only the last N lines")] = None,
         since: Annotated[datetime | None, Query(description="only lines after this RFC 3339 time")] = None,
         follow: Annotated[bool, Query(description="keep streaming while it runs")] = False,
         accept: Annotated[str | None, Header()] = None,
@@ -139,22 +168,56 @@ class LogQuery:
         self.as_sse = follow and accept is not None and "text/event-stream" in accept
 
     async def respond(
-        self, tasks: TaskService, namespace: str, task_id: str, exec_id: str | None, settings: Settings
+        self,
+        tasks: TaskService,
+        namespace: str,
+        task_id: str,
+        exec_id: str | None,
+        settings: Settings,
+        streams: ClientStreams,
+        client: str,
     ) -> Response:
-        lines = await tasks.logs(namespace, task_id, exec_id, tail=self.tail, since=self.since, follow=self.follow)
+        lines = await tasks.logs(
+            namespace, task_id, exec_id, tail=self.tail, since=self.since, follow=self.follow,
+            max_line_bytes=settings.log_line_max_bytes,
+        )
+        # A follow is a stream held open: it counts against the client's streams.
+        release = streams.acquire(client, "a log follow") if self.follow else _nothing
+        response: Response
         if self.as_sse:
 
             async def frames() -> AsyncIterator[ServerSentEvent]:
-                async for line in lines:
-                    yield ServerSentEvent(data=line.model_dump_json(), event=line.stream)
+                try:
+                    async for line in lines:
+                        yield ServerSentEvent(data=line.model_dump_json(), event=line.stream)
+                finally:
+                    await _close(lines)
 
-            return event_source(frames(), settings)
+            response = event_source(frames(), settings)
+        else:
 
-        async def json_lines() -> AsyncIterator[bytes]:
-            async for line in lines:
-                yield line.model_dump_json().encode() + b"\n"
+            async def json_lines() -> AsyncIterator[bytes]:
+                try:
+                    async for line in lines:
+                        yield line.model_dump_json().encode() + b"\n"
+                finally:
+                    await _close(lines)
 
-        return StreamingResponse(json_lines(), media_type="application/x-ndjson")
+            response = StreamingResponse(json_lines(), media_type="application/x-ndjson")
+        return held_while_sent(response, release)
+
+
+def _nothing() -> None:
+    pass
+
+
+async def _close(lines: AsyncIterator[LogLine]) -> None:
+    """Close the log reader (and its file) now, even when the response was cancelled (the
+    client went away): not whenever the garbage collector gets to it."""
+    aclose = getattr(lines, "aclose", None)
+    if aclose is not None:
+        with anyio.CancelScope(shield=True):
+            await aclose()
 
 
 LogQueryDep = Annotated[LogQuery, Depends()]
@@ -164,7 +227,7 @@ LogQueryDep = Annotated[LogQuery, Depends()]
     "/{container_id}/logs",
     summary="Read a task's output",
     response_class=StreamingResponse,
-    responses={**LOG_RESPONSES, **problems(400, 404, 422)},
+    responses={**LOG_RESPONSES, **problems(400, 404, 422, 429)},
 )
 async def get_task_logs(
     container_id: ContainerId,
@@ -172,8 +235,12 @@ async def get_task_logs(
     tasks: Tasks,
     daemon: DaemonDep,
     query: LogQueryDep,
+    streams: Streams,
+    request: Request,
 ) -> Response:
-    return await query.respond(tasks, namespace, container_id, None, daemon.settings)
+    return await query.respond(
+        tasks, namespace, container_id, None, daemon.settings, streams, client_key(request)
+    )
 
 
 @router.post(
@@ -227,7 +294,7 @@ async def wait_task_process(
     "/{container_id}/processes/{exec_id}/logs",
     summary="Read an exec process's output",
     response_class=StreamingResponse,
-    responses={**LOG_RESPONSES, **problems(400, 404, 422)},
+    responses={**LOG_RESPONSES, **problems(400, 404, 422, 429)},
 )
 async def get_task_process_logs(
     container_id: ContainerId,
@@ -236,5 +303,9 @@ async def get_task_process_logs(
     tasks: Tasks,
     daemon: DaemonDep,
     query: LogQueryDep,
+    streams: Streams,
+    request: Request,
 ) -> Response:
-    return await query.respond(tasks, namespace, container_id, exec_id, daemon.settings)
+    return await query.respond(
+        tasks, namespace, container_id, exec_id, daemon.settings, streams, client_key(request)
+    )

@@ -98,10 +98,11 @@ class Monitor:
 
     # --- tasks --------------------------------------------------------------------
 
-    def watch(self, namespace: str, container_id: str, cgroup: str, on_oom: OnOom) -> None:
-        """Start watching a task's cgroup (`/cargohold/<ns>/<id>`): polls, and OOM kills
-        reported through `on_oom` (awaited; at most once per kill)."""
-        watched = _Watched(cgroup=cgroup, on_oom=on_oom)
+    def watch(self, namespace: str, container_id: str, cgroup: str, on_oom: OnOom, oom_reported: int = 0) -> None:
+        """Start watching a task's cgroup (`/cargohold/<key>/<ns>/<id>`): polls, and OOM
+        kills reported through `on_oom` (awaited; at most once per kill). `oom_reported`:
+        kills already reported (by an earlier daemon), which are not reported again."""
+        watched = _Watched(cgroup=cgroup, on_oom=on_oom, oom_reported=oom_reported)
         self._watched[(namespace, container_id)] = watched
         if not self._mode.uses_v2:
             try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -138,6 +139,27 @@ def conmon_alive(conmon_pid: int, container_id: str) -> bool:
     except OSError:
         return False
     return bool(cmdline) and cmdline[0].endswith(b"conmon") and container_id.encode() in cmdline
+
+
+def open_child_pidfd(pid: int, conmon_pid: int) -> int | None:
+    """A pidfd on process `pid` if it is the one conmon `conmon_pid` supervises (conmon is
+    the subreaper of what the runtime started, so its parent), else None. Signals sent
+    through a pidfd reach the process it was opened on or none: never one that reused the
+    pid after it ended."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        # Opened before the look and still there after it: what was read was this process.
+        signal.pidfd_send_signal(fd, 0)
+    except (OSError, ValueError, IndexError):
+        parent = None
+    if parent != conmon_pid:
+        os.close(fd)
+        return None
+    return fd
 
 
 class ExitWatch:

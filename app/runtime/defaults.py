@@ -46,7 +46,9 @@ def with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
                                             for kind in ("bounding", "effective", "permitted")})
         process.setdefault("noNewPrivileges", True)
     config.setdefault("mounts", copy.deepcopy(DEFAULT_MOUNTS))
-    linux = config.setdefault("linux", {})
+    if config.get("linux") is None:  # `"linux": null` says nothing either
+        config["linux"] = {}
+    linux = config["linux"]
     for key, value in DEFAULT_LINUX.items():
         linux.setdefault(key, copy.deepcopy(value))
     return config

@@ -1,9 +1,13 @@
 """Reading conmon's CRI-format logs: `<RFC 3339 time> <stdout|stderr> <P|F> <text>`.
 
-`P` marks a partial line continued by the next record, `F` a full one; they are joined.
-Files are read line by line (never whole), so a task that printed 100 MB costs the
-daemon a buffer, not 100 MB; `tail` keeps only the last N lines. `follow` keeps reading
-while the task runs, and starts over when conmon truncated the file at its size cap.
+`P` marks a partial line continued by the next record, `F` a full one; they are joined,
+up to `max_line_bytes`: a longer line (a task printing without a newline for ever) is
+served in parts of at most that many bytes, each but the last marked `partial`, as CRI's
+`P` tag marks them, so the daemon holds one part, never the whole line. Files are read
+a record at a time, in binary, each read bounded too, so a task that printed 100 MB
+costs the daemon a buffer, not 100 MB; `tail` keeps only the last N lines. `follow`
+keeps reading while the task runs, and starts over when conmon truncated the file at its
+size cap.
 """
 
 from __future__ import annotations
@@ -11,27 +15,44 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
 import aiofiles
 import aiofiles.os
+import anyio
+from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from ..models import LogLine
 
 FOLLOW_POLL_SECONDS = 0.1
+DEFAULT_MAX_LINE_BYTES = 64 * 1024
+# Room for a record's time, stream and tag before its text (conmon's are ~40 bytes).
+_HEADER_ROOM = 256
 
 
-def parse_cri_record(raw: str) -> tuple[datetime, str, bool, str] | None:
-    """(time, stream, is_full_line, text), or None for a line that is not a CRI record."""
-    parts = raw.rstrip("\n").split(" ", 3)
+def _parse(raw: bytes) -> tuple[datetime, str, bool, bytes] | None:
+    parts = raw.rstrip(b"\n").split(b" ", 3)
     if len(parts) < 3:
         return None
     try:
-        time = datetime.fromisoformat(parts[0])
-    except ValueError:
+        time = datetime.fromisoformat(parts[0].decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
         return None
-    return time, parts[1], parts[2] != "P", parts[3] if len(parts) == 4 else ""
+    return time, parts[1].decode("ascii", errors="replace"), parts[2] != b"P", parts[3] if len(parts) == 4 else b""
+
+
+def _cut_point(text: bytes, limit: int) -> int:
+    """Where to cut `text` to at most `limit` bytes without splitting a UTF-8 character."""
+    cut = limit
+    while cut > 0 and text[cut] & 0xC0 == 0x80:  # a continuation byte: back to the lead byte
+        cut -= 1
+    return cut or limit
+
+
+def _line(time: datetime, stream: str, text: bytes, partial: bool) -> LogLine:
+    return LogLine(time=time, stream=stream, line=text.decode("utf-8", errors="replace"), partial=partial)
 
 
 async def read_log(
@@ -39,12 +60,15 @@ async def read_log(
     tail: int | None = None,
     since: datetime | None = None,
     follow: Callable[[], Awaitable[bool]] | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> AsyncIterator[LogLine]:
     """The log's lines after `since` (only the last `tail` of what is on disk now), then
-    new ones for as long as `follow()` says the writer is alive. A last line the writer
-    left without a newline (a partial record) is given when the log ends."""
-    pending: dict[str, tuple[datetime, str]] = {}
+    new ones for as long as `follow()` says the writer is alive. Lines longer than
+    `max_line_bytes` come in parts marked `partial`; a last line the writer left without
+    a newline (a partial record) is given, marked `partial`, when the log ends."""
+    pending: dict[str, tuple[datetime, bytes]] = {}
     last: collections.deque[LogLine] | None = collections.deque(maxlen=tail) if tail is not None else None
+    read_limit = max_line_bytes + _HEADER_ROOM
 
     def wanted(line: LogLine) -> LogLine | None:
         if since is not None and line.time <= since:
@@ -54,8 +78,23 @@ async def read_log(
             return None
         return line
 
+    def joined(time: datetime, stream: str, full: bool, text: bytes) -> list[LogLine]:
+        """The lines a record completes: parts of at most `max_line_bytes`, the rest held."""
+        start, held = pending.pop(stream, (time, b""))
+        held += text
+        lines: list[LogLine] = []
+        while len(held) > max_line_bytes:
+            cut = _cut_point(held, max_line_bytes)
+            lines.append(_line(start, stream, held[:cut], partial=True))
+            held, start = held[cut:], time
+        if full:
+            lines.append(_line(start, stream, held, partial=False))
+        else:
+            pending[stream] = (start, held)
+        return [line for line in map(wanted, lines) if line is not None]
+
     def ending() -> list[LogLine]:
-        held = [LogLine(time=time, stream=stream, line=text) for stream, (time, text) in pending.items()]
+        held = [_line(time, stream, text, partial=True) for stream, (time, text) in pending.items() if text]
         pending.clear()
         lines = [line for line in (wanted(h) for h in held) if line is not None]
         return [*(last or []), *lines]
@@ -68,26 +107,32 @@ async def read_log(
                 return
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
             continue
-        async with aiofiles.open(path, encoding="utf-8", errors="replace") as file:
+        async with _opened(path) as file:
             inode = (await aiofiles.os.stat(path)).st_ino
             position = 0
+            skipping = False  # inside a record longer than any conmon writes: its rest is dropped
             while True:
-                raw = await file.readline()
-                if raw.endswith("\n"):
-                    position += len(raw.encode())
-                    record = parse_cri_record(raw)
+                raw = await file.readline(read_limit)
+                complete = raw.endswith(b"\n")
+                if complete or len(raw) == read_limit:
+                    position += len(raw)
+                    if skipping:
+                        skipping = not complete
+                        continue
+                    skipping = not complete
+                    record = _parse(raw)
                     if record is None:
                         continue
                     time, stream, full, text = record
-                    text = pending.pop(stream, (time, ""))[1] + text
-                    if not full:
-                        pending[stream] = (time, text)
-                        continue
-                    kept = wanted(LogLine(time=time, stream=stream, line=text))
-                    if kept is not None:
-                        yield kept
+                    for line in joined(time, stream, full and complete, text):
+                        yield line
+                    if not complete:  # served as far as read, marked partial; the rest is dropped
+                        start, held = pending.pop(stream)
+                        cut_short = wanted(_line(start, stream, held, partial=True))
+                        if cut_short is not None:
+                            yield cut_short
                     continue
-                # The end of this file for now.
+                # The end of this file for now (maybe in the middle of a record being written).
                 if last is not None:  # the tail of what was on disk is complete
                     for line in last:
                         yield line
@@ -102,6 +147,19 @@ async def read_log(
                     return
                 await asyncio.sleep(FOLLOW_POLL_SECONDS)
                 await file.seek(position)
+
+
+@asynccontextmanager
+async def _opened(path: Path) -> AsyncIterator[AsyncBufferedReader]:
+    """`path` opened for reading, closed however the reading ends: also when the reader is
+    cancelled (a follow whose client went away), where anyio cancels every await again,
+    aiofiles' own close included, and the file would be left to the garbage collector."""
+    file = await aiofiles.open(path, "rb")
+    try:
+        yield file
+    finally:
+        with anyio.CancelScope(shield=True):
+            await file.close()
 
 
 async def _replaced(path: Path, inode: int, position: int) -> bool:

@@ -81,6 +81,20 @@ class OCIRuntime:
         state: dict[str, Any] = json.loads(out)
         return state
 
+    async def status(self, container_id: str) -> str | None:
+        """created, running, paused or stopped as the runtime sees it; None when it does not
+        know the container. The truth when the daemon's row may disagree (a crash between
+        the runtime's change and the row's)."""
+        state = await self.state(container_id)
+        return None if state is None else str(state.get("status"))
+
+    async def statuses(self) -> dict[str, str]:
+        """Every container in this runtime's state root with its status (one `list` call)."""
+        if not self.state_root.exists():
+            return {}
+        out = await self._run("list", "--format", "json")
+        return {entry["id"]: str(entry["status"]) for entry in json.loads(out or b"[]") or []}
+
     async def delete(self, container_id: str) -> None:
         """Force-delete (kills what is left); a container the runtime doesn't know is fine."""
         try:

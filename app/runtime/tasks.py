@@ -23,7 +23,7 @@ import os
 import shutil
 import signal
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,17 +43,18 @@ from ..models import (
 )
 from ..monitor.cgroups import CgroupStats
 from ..monitor.monitor import Monitor
+from ..policy import SpecPolicy
 from ..snapshots.mounts import mount_all, mount_points_under, unmount
 from ..snapshots.service import SnapshotService
 from ..store.containers import ContainerStore
 from ..store.tasks import TaskRecord, TaskStore, task_not_found
 from ..topics import Topic
-from .bundle import cgroup_path, runtime_id, task_config, write_config
-from .cgroups import remove_cgroup
+from .bundle import runtime_id, task_config, write_config
+from .cgroups import daemon_cgroup_parent, frozen, remove_cgroup, task_cgroup
 from .cgroups import remove_unowned as remove_unowned_cgroups
-from .conmon import Conmon, ExitWatch, Started, conmon_alive, read_exit_status
+from .conmon import Conmon, ExitWatch, Started, conmon_alive, open_child_pidfd, read_exit_status
 from .defaults import with_defaults
-from .logs import read_log
+from .logs import DEFAULT_MAX_LINE_BYTES, read_log
 from .oci import OCIRuntime, parse_signal
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,17 @@ UNKNOWN_EXIT_STATUS = 255
 DELETE_TIMEOUT_SECONDS = 30
 
 Key = tuple[str, str, str]  # (namespace, task id, exec id or "")
+LockKey = tuple[str, ...]  # (namespace, task id) or (namespace, task id, exec id)
+
+# The task's status after each runtime status it may be reconciled to, and the event
+# that tells of the change (DESIGN: every change is an event).
+_RECONCILED = {"running": TaskStatus.RUNNING, "paused": TaskStatus.PAUSED}
+
+
+@dataclasses.dataclass
+class _LockEntry:
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class TaskService:
@@ -76,7 +88,7 @@ class TaskService:
         runtimes: dict[str, OCIRuntime],
         conmon: Conmon | None,
         missing: dict[str, str],
-        allowed_bind_roots: list[Path],
+        policy: SpecPolicy,
         monitor: Monitor,
     ) -> None:
         self._store = store
@@ -87,13 +99,18 @@ class TaskService:
         self._runtimes = runtimes
         self._conmon = conmon
         self._missing = missing
-        self._allowed_bind_roots = allowed_bind_roots
+        self._policy = policy
         self._monitor = monitor
         self._watches: dict[Key, ExitWatch] = {}
         # Resolved once a watched process's exit is recorded / once its task is deleted.
         self._exited: dict[Key, asyncio.Future[Exit]] = {}
         self._deleted: dict[tuple[str, str], asyncio.Future[Exit]] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Held by someone or waited for: an entry goes with its last user, so ids tried
+        # and gone leave nothing behind.
+        self._locks: dict[LockKey, _LockEntry] = {}
+        # pidfds of the exec processes being watched: kill_exec signals through them only.
+        self._pidfds: dict[Key, int] = {}
+        self._cgroup_parent = daemon_cgroup_parent(state)
         self._handlers: set[asyncio.Task[None]] = set()
         # Set when the daemon starts to stop: long-polling waits answer 503 then.
         self._stopping = asyncio.Event()
@@ -134,7 +151,10 @@ class TaskService:
             # Again under the lock: a concurrent create may have won meanwhile.
             if await self._store.exists(namespace, container.id):
                 raise CargoholdError(ErrorKind.CONFLICT, f'container "{container.id}" already has a task')
-            config = task_config(container.spec, namespace, container.id, rootfs, self._allowed_bind_roots)
+            runnable = await self._policy.runnable(namespace, container.spec)  # checked again: labels change
+            config = task_config(runnable, namespace, container.id, rootfs)
+            # This daemon's cgroup parent, names escaped (see runtime/cgroups.py).
+            config["linux"]["cgroupsPath"] = self._cgroup(namespace, container.id)
             mounts = await self._snapshots.mounts(namespace, container.snapshotter, container.snapshot_key)
             undo.push_async_callback(_shielded_thread, _remove_task_dir, task_dir)
             await asyncio.to_thread(write_config, bundle, config)
@@ -172,13 +192,22 @@ class TaskService:
             await asyncio.shield(deleted)
 
     async def start(self, namespace: str, task_id: str) -> Task:
-        """Appends /tasks/start. Raises CONFLICT unless the task is created (not yet started)."""
+        """Appends /tasks/start. Raises CONFLICT unless the task is created (not yet started).
+        A task the runtime started although its row was not updated (a crash or a failed
+        write in between) is recorded as started and returned."""
         async with self._lock(namespace, task_id):
             record = await self._live(namespace, task_id)
             if record.task.status is not TaskStatus.CREATED:
                 raise CargoholdError(ErrorKind.CONFLICT, f'task "{task_id}" is {record.task.status.value}; '
                                      "only a created task can be started")
-            await self._runtime(record.task.runtime).start(runtime_id(namespace, task_id))
+            runtime = self._runtime(record.task.runtime)
+            try:
+                await runtime.start(runtime_id(namespace, task_id))
+            except CargoholdError:
+                status = await runtime.status(runtime_id(namespace, task_id))
+                if status not in _RECONCILED:
+                    raise
+                return await self._reconcile(record, status)
             return await self._store.set_status(
                 namespace, task_id, TaskStatus.RUNNING, Topic.TASK_START,
                 {"container_id": task_id, "pid": record.task.pid},
@@ -196,22 +225,53 @@ class TaskService:
         return await self._freeze(namespace, task_id, pause=False)
 
     async def _freeze(self, namespace: str, task_id: str, pause: bool) -> Task:
+        """Pause or resume from the state the runtime reports, not the row's: the row is
+        corrected first (with its event) if it disagrees. If the row cannot be written after
+        the runtime's change, the change is undone so that the two still agree."""
         async with self._lock(namespace, task_id):
             record = await self._live(namespace, task_id)
-            wanted = TaskStatus.RUNNING if pause else TaskStatus.PAUSED
-            if record.task.status is not wanted:
-                verb = "paused" if pause else "resumed"
-                raise CargoholdError(
-                    ErrorKind.CONFLICT, f'task "{task_id}" is {record.task.status.value}; only a {wanted.value} '
-                    f"task can be {verb}"
-                )
             runtime = self._runtime(record.task.runtime)
             rid = runtime_id(namespace, task_id)
+            actual = await runtime.status(rid)
+            if actual in _RECONCILED:
+                await self._reconcile(record, actual)
+            wanted = "running" if pause else "paused"
+            if actual != wanted:
+                verb = "paused" if pause else "resumed"
+                now = "exited" if actual in (None, "stopped") else actual
+                raise CargoholdError(
+                    ErrorKind.CONFLICT, f'task "{task_id}" is {now}; only a {wanted} task can be {verb}'
+                )
             await (runtime.pause(rid) if pause else runtime.resume(rid))
             status, topic = (
                 (TaskStatus.PAUSED, Topic.TASK_PAUSED) if pause else (TaskStatus.RUNNING, Topic.TASK_RESUMED)
             )
-            return await self._store.set_status(namespace, task_id, status, topic, {"container_id": task_id})
+            try:
+                return await self._store.set_status(namespace, task_id, status, topic, {"container_id": task_id})
+            except BaseException:
+                log.warning("recording %s/%s as %s failed: undoing it in %s", namespace, task_id, status.value,
+                            runtime.name)
+                with suppress(CargoholdError):
+                    await asyncio.shield(runtime.resume(rid) if pause else runtime.pause(rid))
+                raise
+
+    async def _reconcile(self, record: TaskRecord, actual: str) -> Task:
+        """Make the row say what the runtime reports (`running` or `paused`), with the event
+        of that change: /tasks/start (it was created), /tasks/paused or /tasks/resumed."""
+        status = _RECONCILED[actual]
+        task = record.task
+        if task.status is status:
+            return task
+        payload: dict[str, Any]
+        if status is TaskStatus.PAUSED:
+            topic, payload = Topic.TASK_PAUSED, {"container_id": task.id}
+        elif task.status is TaskStatus.CREATED:
+            topic, payload = Topic.TASK_START, {"container_id": task.id, "pid": task.pid}
+        else:
+            topic, payload = Topic.TASK_RESUMED, {"container_id": task.id}
+        log.warning("task %s/%s is %s in the runtime but %s in the store: recording it as %s",
+                    task.namespace, task.id, actual, task.status.value, status.value)
+        return await self._store.set_status(task.namespace, task.id, status, topic, payload)
 
     async def pids(self, namespace: str, task_id: str) -> list[int]:
         record = await self._live(namespace, task_id)
@@ -278,11 +338,16 @@ class TaskService:
         if deleted is None:
             raise task_not_found(namespace, task_id)
         runtime = self._runtime(record.task.runtime)
+        rid = runtime_id(namespace, task_id)
+        # The cgroup's freezer, not the row: a frozen process cannot die, so a task the
+        # runtime has paused is thawed after the kill (the signal waits for it) whatever
+        # the row says.
+        paused = frozen(self._cgroup(namespace, task_id))
         with suppress(CargoholdError):  # it may be exiting already
-            await runtime.kill(runtime_id(namespace, task_id), 9, all_processes=True)
-        if record.task.status is TaskStatus.PAUSED:
+            await runtime.kill(rid, 9, all_processes=True)
+        if paused:
             with suppress(CargoholdError):
-                await runtime.resume(runtime_id(namespace, task_id))  # a frozen process cannot die
+                await runtime.resume(rid)
         async with asyncio.timeout(DELETE_TIMEOUT_SECONDS):
             return await asyncio.shield(deleted)
 
@@ -294,6 +359,7 @@ class TaskService:
         tail: int | None = None,
         since: datetime | None = None,
         follow: bool = False,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> AsyncIterator[LogLine]:
         """The task's (or exec process's) output; the last run's log stays readable after
         it exits until the container goes or a new task starts. Raises NOT_FOUND."""
@@ -307,7 +373,9 @@ class TaskService:
         async def running() -> bool:
             return key in self._watches
 
-        return read_log(path, tail=tail, since=since, follow=running if follow else None)
+        return read_log(
+            path, tail=tail, since=since, follow=running if follow else None, max_line_bytes=max_line_bytes
+        )
 
     # --- exec ------------------------------------------------------------------------
 
@@ -320,44 +388,89 @@ class TaskService:
         if spec.get("terminal"):
             raise CargoholdError(ErrorKind.VALIDATION, "process.terminal is not supported yet; set it to false")
         spec = with_defaults({"process": spec})["process"]
+        await self._policy.check_process(namespace, spec)
         return await self._store.add_process(namespace, task_id, body.exec_id, spec)
 
     async def start_exec(self, namespace: str, task_id: str, exec_id: str) -> Process:
-        """Run the added exec process. Appends /tasks/exec-started."""
-        record = await self._live(namespace, task_id)
-        process = await self._store.get_process(namespace, task_id, exec_id)
-        if process.process.status != "created":
-            raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" was started already')
-        exec_dir = self.task_dir(namespace, task_id) / "execs" / exec_id
-        spec_path = exec_dir / "process.json"
-        await asyncio.to_thread(_write_json, spec_path, process.spec)
-        started = await self._require_conmon().exec(
-            runtime_id(namespace, task_id), exec_id, spec_path, self._runtime(record.task.runtime), exec_dir,
-            self.log_path(namespace, task_id, exec_id),
-        )
-        result = await self._store.start_process(namespace, task_id, exec_id, started.pid, started.conmon_pid)
-        self._watch(namespace, task_id, exec_id, started)
-        return result
+        """Run the added exec process, once: concurrent starts are serialized and all but
+        the first answer CONFLICT. Appends /tasks/exec-started."""
+        async with self._lock(namespace, task_id, exec_id):
+            record = await self._live(namespace, task_id)
+            process = await self._store.get_process(namespace, task_id, exec_id)
+            if process.process.status != "created":
+                raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" was started already')
+            await self._policy.check_process(namespace, process.spec)  # the label may be gone since
+            exec_dir = self.task_dir(namespace, task_id) / "execs" / exec_id
+            spec_path = exec_dir / "process.json"
+            await asyncio.to_thread(_write_json, spec_path, process.spec)
+            started = await self._require_conmon().exec(
+                runtime_id(namespace, task_id), exec_id, spec_path, self._runtime(record.task.runtime), exec_dir,
+                self.log_path(namespace, task_id, exec_id),
+            )
+            key = (namespace, task_id, exec_id)
+            self._keep_pidfd(key, started)
+            try:
+                result = await self._store.start_process(namespace, task_id, exec_id, started.pid, started.conmon_pid)
+            except BaseException:
+                # Unrecorded, it would run again at the next start: it must not run now (nor
+                # be taken by recovery for a start that happened: its pid file goes).
+                self._signal_exec(key, signal.SIGKILL)
+                self._forget_pidfd(key)
+                (exec_dir / "pid").unlink(missing_ok=True)
+                raise
+            self._watch(namespace, task_id, exec_id, started)
+            return result
 
     async def kill_exec(self, namespace: str, task_id: str, exec_id: str, request: KillRequest) -> None:
+        """Signal the exec process through the pidfd opened when it started (or was
+        re-adopted): a process that has exited is never confused with one that reused its
+        pid. Raises CONFLICT when it has not started or has exited, NOT_FOUND when unknown."""
         number = parse_signal(request.signal)
-        process = await self._store.get_process(namespace, task_id, exec_id)
+        try:
+            process = await self._store.get_process(namespace, task_id, exec_id)
+        except CargoholdError as error:
+            if error.kind is ErrorKind.NOT_FOUND and await self._store.last_exit(namespace, task_id, exec_id):
+                raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" has exited') from None
+            raise
         if process.process.pid is None:
             raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" has not been started')
+        # No await from the look-up to the signal: the pidfd cannot be closed in between.
+        if not self._signal_exec((namespace, task_id, exec_id), number):
+            raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" has exited')
+
+    def _keep_pidfd(self, key: Key, started: Started) -> None:
+        fd = open_child_pidfd(started.pid, started.conmon_pid)
+        if fd is None:
+            # Gone already (its exit is on its way) or not the process conmon supervises.
+            log.info("no pidfd for exec %s/%s %s (pid %d): it cannot be signalled", *key, started.pid)
+            return
+        self._pidfds[key] = fd
+
+    def _signal_exec(self, key: Key, number: int) -> bool:
+        """Whether the signal was sent (False: the process is gone or not known)."""
+        fd = self._pidfds.get(key)
+        if fd is None:
+            return False
         try:
-            os.kill(process.process.pid, number)
+            signal.pidfd_send_signal(fd, number)
         except ProcessLookupError:
-            raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" has exited') from None
+            return False
+        return True
+
+    def _forget_pidfd(self, key: Key) -> None:
+        fd = self._pidfds.pop(key, None)
+        if fd is not None:
+            os.close(fd)
 
     # --- exits ------------------------------------------------------------------------
 
-    def _watch(self, namespace: str, task_id: str, exec_id: str, started: Started) -> None:
+    def _watch(self, namespace: str, task_id: str, exec_id: str, started: Started, oom_reported: int = 0) -> None:
         key = (namespace, task_id, exec_id)
         loop = asyncio.get_running_loop()
         self._exited[key] = loop.create_future()
         if not exec_id:
             self._deleted[(namespace, task_id)] = loop.create_future()
-            self._monitor.watch(namespace, task_id, cgroup_path(namespace, task_id), self._on_oom)
+            self._monitor.watch(namespace, task_id, self._cgroup(namespace, task_id), self._on_oom, oom_reported)
         self._watches[key] = ExitWatch(started.conmon_pid, lambda: self._spawn(self._handle_exit(key, started.pid)))
 
     def _spawn(self, coroutine: Any) -> None:
@@ -371,17 +484,23 @@ class TaskService:
         exit_: Exit | None = None
         try:
             self._watches.pop(key, None)
+            self._forget_pidfd(key)
             work_dir = self.task_dir(namespace, task_id)
             exit_dir = (work_dir / "execs" / exec_id / "exit") if exec_id else work_dir / "exit"
             exit_ = _exit_from_file(exit_dir, task_id, exec_id, pid)
-            if not exec_id:
+            if exec_id:
+                exit_ = await self._store.record_exit(namespace, exit_)
+                self._resolve(key, exit_)
+                return
+            # Under the task's lock: a start still recording the task as running (its
+            # process may exit before that is written) has written it by then, so the
+            # exit is recorded after it and not before its started_at.
+            async with self._lock(namespace, task_id):
                 # Read the OOM counter before recording: /tasks/oom must come before /tasks/exit.
                 exit_.oom_killed = await self._monitor.check_oom(namespace, task_id)
-            await self._store.record_exit(namespace, exit_)
-            self._resolve(key, exit_)
-            if not exec_id:
-                async with self._lock(namespace, task_id):
-                    await self._finish(namespace, task_id, exit_)
+                exit_ = await self._store.record_exit(namespace, exit_)
+                self._resolve(key, exit_)
+                await self._finish(namespace, task_id, exit_)
         except Exception:
             log.exception("handling the exit of %s/%s %s failed", namespace, task_id, exec_id)
         finally:
@@ -400,11 +519,12 @@ class TaskService:
             watch = self._watches.pop((namespace, task_id, process.exec_id), None)
             if watch:
                 watch.close()
+            self._forget_pidfd((namespace, task_id, process.exec_id))
             exec_exit = _exit_from_file(
                 self.task_dir(namespace, task_id) / "execs" / process.exec_id / "exit", task_id, process.exec_id,
                 process.pid or 0,
             )
-            await self._store.record_exit(namespace, exec_exit)
+            exec_exit = await self._store.record_exit(namespace, exec_exit)
             self._resolve((namespace, task_id, process.exec_id), exec_exit)
         await self._teardown(namespace, task_id, record.task.runtime)
         await self._store.delete(namespace, task_id, exit_)
@@ -433,10 +553,10 @@ class TaskService:
             *([runtime.delete(runtime_id(namespace, task_id))] if runtime is not None else []),
         )
         async with self._cgroup_lock:
-            await asyncio.to_thread(remove_cgroup, cgroup_path(namespace, task_id))
+            await asyncio.to_thread(remove_cgroup, self._cgroup(namespace, task_id), self._cgroup_parent)
 
     async def _on_oom(self, namespace: str, task_id: str, stats: CgroupStats) -> None:
-        await self._store.record_oom(namespace, {
+        await self._store.record_oom(namespace, task_id, stats.oom_kill_count or 0, {
             "container_id": task_id,
             "oom_kill_count": stats.oom_kill_count,
             "memory_limit_bytes": stats.memory_limit_bytes,
@@ -457,28 +577,62 @@ class TaskService:
         async def cleanup() -> None:
             await runtime.delete(runtime_id(namespace, task_id))
             async with self._cgroup_lock:
-                await asyncio.to_thread(remove_cgroup, cgroup_path(namespace, task_id))
+                await asyncio.to_thread(remove_cgroup, self._cgroup(namespace, task_id), self._cgroup_parent)
 
         await asyncio.shield(cleanup())
 
     # --- restart ----------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Re-adopt tasks whose conmon lives; record the exits of those that ended while the
-        daemon was down (each published once: `record_exit` is idempotent); tear down what
-        no task owns (task dirs, mounts, runtime state, cgroups)."""
+        """Re-adopt tasks whose conmon lives, each first reconciled with the runtime's own
+        status (after a crash between a runtime change and its row, the row is corrected
+        with the event of the change); record the exits of those that ended while the
+        daemon was down (each published once: `record_exit` is idempotent; a task the
+        runtime reports stopped is collected when its conmon, which reaps it, exits); tear
+        down what no task owns (task dirs, mounts, runtime state, cgroups)."""
         records = await self._store.list_records()
+        statuses: dict[str, dict[str, str]] = {}
+        for name, runtime in self._runtimes.items():
+            try:
+                statuses[name] = await runtime.statuses()  # one call for all its containers
+            except CargoholdError as error:
+                log.warning("%s list failed (%s): the tasks' rows are taken as they are", name, error.detail)
         for record in records:
             namespace, task_id = record.task.namespace, record.task.id
             for process in record.task.processes:
-                if process.pid is not None and process.status == "running":
-                    self._adopt_or_collect(namespace, task_id, process.exec_id, record, process.pid)
+                pid = process.pid
+                if process.status == "created" and not record.exited:
+                    pid = await self._record_unrecorded_start(namespace, task_id, process)
+                if pid is not None and process.status in ("created", "running"):
+                    self._adopt_or_collect(namespace, task_id, process.exec_id, record, pid)
             if record.exited:  # the exit was recorded, the teardown did not finish
                 exit_ = await self._store.last_exit(namespace, task_id)
                 await self._finish(namespace, task_id, exit_ or _unknown_exit(task_id, None, record.task.pid))
             else:
+                actual = statuses.get(record.task.runtime, {}).get(runtime_id(namespace, task_id))
+                if actual in _RECONCILED:
+                    record = dataclasses.replace(record, task=await self._reconcile(record, actual))
                 self._adopt_or_collect(namespace, task_id, "", record, record.task.pid)
         await self._remove_unowned({(r.task.namespace, r.task.id) for r in records})
+
+    async def _record_unrecorded_start(self, namespace: str, task_id: str, process: Process) -> int | None:
+        """An exec process that conmon ran though its row still says created (a crash in
+        between): record it as started (/tasks/exec-started), so it is watched and never run
+        twice. Its pid, or None when it never ran: the runtime writes the pid file only
+        then, and one older than the row is an earlier exec's of the same id."""
+        exec_id = process.exec_id
+        exec_dir = self.task_dir(namespace, task_id) / "execs" / exec_id
+        try:
+            conmon_pid = int((exec_dir / "conmon.pid").read_text().strip())
+            pid_file = exec_dir / "pid"
+            pid = int(pid_file.read_text().strip())
+            if datetime.fromtimestamp(pid_file.stat().st_mtime, UTC) < process.created_at:
+                return None
+        except (OSError, ValueError):
+            return None
+        log.warning("exec %s/%s %s ran but was not recorded as started: recording it", namespace, task_id, exec_id)
+        await self._store.start_process(namespace, task_id, exec_id, pid, conmon_pid)
+        return pid
 
     def _adopt_or_collect(self, namespace: str, task_id: str, exec_id: str, record: TaskRecord, pid: int) -> None:
         work_dir = self.task_dir(namespace, task_id) / ("execs/" + exec_id if exec_id else "")
@@ -489,9 +643,18 @@ class TaskService:
         rid = runtime_id(namespace, task_id)
         name = f"{rid}-{exec_id}" if exec_id else rid
         alive = bool(conmon_pid) and conmon_alive(conmon_pid, name)
+        started = Started(conmon_pid=conmon_pid if alive else 0, pid=pid)
+        if exec_id and alive:
+            key = (namespace, task_id, exec_id)
+            self._keep_pidfd(key, started)
+            if key not in self._pidfds:
+                # The row's pid is not the process conmon supervises: trust runc's pid file.
+                with suppress(OSError, ValueError):
+                    started = Started(conmon_pid=conmon_pid, pid=int((work_dir / "pid").read_text().strip()))
+                    self._keep_pidfd(key, started)
         # A conmon that ended while we were away is handled as if it had just exited:
         # the watch fires at once when the pid is gone.
-        self._watch(namespace, task_id, exec_id, Started(conmon_pid=conmon_pid if alive else 0, pid=pid))
+        self._watch(namespace, task_id, exec_id, started, record.oom_kills)
 
     async def _remove_unowned(self, owned: set[tuple[str, str]]) -> None:
         if self._tasks_dir.is_dir():
@@ -503,7 +666,9 @@ class TaskService:
                         for runtime in self._runtimes.values():
                             await runtime.delete(runtime_id(namespace_dir.name, task_dir.name))
                         await asyncio.to_thread(_remove_task_dir, task_dir)
-                        await asyncio.to_thread(remove_cgroup, cgroup_path(namespace_dir.name, task_dir.name))
+                        await asyncio.to_thread(
+                            remove_cgroup, self._cgroup(namespace_dir.name, task_dir.name), self._cgroup_parent
+                        )
                 with suppress(OSError):
                     namespace_dir.rmdir()
         owned_ids = {runtime_id(namespace, task_id) for namespace, task_id in owned}
@@ -514,7 +679,8 @@ class TaskService:
                     await runtime.delete(container_id)
         # Last: the runtime deletes above empty the cgroups of what they killed.
         async with self._cgroup_lock:
-            for group in await asyncio.to_thread(remove_unowned_cgroups, owned):
+            # Only below this daemon's parent: another daemon's cgroups are not ours to judge.
+            for group in await asyncio.to_thread(remove_unowned_cgroups, owned, self._cgroup_parent):
                 log.info("removed cgroup %s: no task owns it", group)
 
     async def close(self) -> None:
@@ -522,6 +688,8 @@ class TaskService:
         for watch in self._watches.values():
             watch.close()
         self._watches.clear()
+        for key in list(self._pidfds):
+            self._forget_pidfd(key)
         if self._handlers:
             await asyncio.gather(*self._handlers, return_exceptions=True)
 
@@ -539,8 +707,21 @@ class TaskService:
             raise CargoholdError(ErrorKind.UNAVAILABLE, self._missing["conmon"])
         return self._conmon
 
-    def _lock(self, namespace: str, task_id: str) -> asyncio.Lock:
-        return self._locks.setdefault((namespace, task_id), asyncio.Lock())
+    @asynccontextmanager
+    async def _lock(self, *key: str) -> AsyncIterator[None]:
+        """Hold the lock of a task (namespace, id) or of one exec process (…, exec id)."""
+        entry = self._locks.setdefault(key, _LockEntry())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[key]
+
+    def _cgroup(self, namespace: str, task_id: str) -> str:
+        return task_cgroup(self._cgroup_parent, namespace, task_id)
 
     async def _live(self, namespace: str, task_id: str) -> TaskRecord:
         """The task, unless it is missing or already exiting (both NOT_FOUND)."""

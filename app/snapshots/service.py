@@ -4,30 +4,64 @@ Rows live in the store (`store.snapshots`); data lives under
 `<root>/snapshots/<snapshotter>/<dir>/`. Data is made before its row is written and
 removed after its row is deleted, so a crash at any point leaves at worst an orphan
 directory (or mount) that `remove_orphans()` clears at start-up: never a row without
-data, never a half-made snapshot visible through the API.
+data, never a half-made snapshot visible through the API. An import's data is synced
+(syncfs) before its row commits, so a crash cannot leave a committed row over data that
+never reached the disk.
+
+Imports run on an executor of their own (`ImportLimits.concurrency` threads): a stalled
+upload holds one of those threads, never one of the default executor's that mounts,
+teardown, the monitor and log reads share; and an upload that sends nothing for
+`ImportLimits.idle_timeout` seconds is refused and cleaned up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import ctypes
+import ctypes.util
 import io
 import logging
 import os
-import queue
-import shutil
+import threading
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
+from ..config import Settings
 from ..errors import CargoholdError, ErrorKind, invalid
 from ..identifiers import validate_identifier
-from ..models import Mount, Snapshot, SnapshotCommit, SnapshotCreate, SnapshotKind, Usage
+from ..models import FIRST_PAGE, Mount, Page, PageRequest, Snapshot, SnapshotCommit, SnapshotCreate, SnapshotKind, Usage
 from ..store.snapshots import DataDir, SnapshotStore
-from .layers import apply_layer
+from .layers import LayerLimits, apply_layer, is_private, remove_tree, walk_tree
 from .mounts import mount_all, mount_points_under, unmount
 
 log = logging.getLogger(__name__)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# Chunks of the body waiting for the extraction thread: with uvicorn's 64 KiB reads, 1 MiB.
+_PIPE_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """What a tar import may cost (see Settings for each)."""
+
+    max_bytes: int
+    max_entries: int
+    idle_timeout: float
+    concurrency: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImportLimits:
+        return cls(
+            settings.import_max_bytes, settings.import_max_entries, settings.import_idle_timeout,
+            settings.import_concurrency,
+        )
 
 
 class Snapshotter(Protocol):
@@ -47,13 +81,19 @@ class SnapshotService:
         root: Path,
         snapshotters: dict[str, Snapshotter],
         default: str,
-        import_max_bytes: int,
+        limits: ImportLimits,
     ) -> None:
         self._store = store
         self._root = root
         self._snapshotters = snapshotters
         self.default = default
-        self._import_max_bytes = import_max_bytes
+        self._limits = limits
+        self._imports = ThreadPoolExecutor(limits.concurrency, thread_name_prefix="cargohold-import")
+
+    def close(self) -> None:
+        """Stop the import threads once their imports end (each in-flight one is ended by
+        its request, which the server cancels or finishes first)."""
+        self._imports.shutdown(wait=False, cancel_futures=True)
 
     def snapshotter(self, name: str | None) -> Snapshotter:
         """The snapshotter called `name` (None: the daemon's). Raises INVALID_ARGUMENT."""
@@ -84,8 +124,10 @@ class SnapshotService:
     async def get(self, namespace: str, snapshotter_name: str | None, key: str) -> Snapshot:
         return (await self._store.get(namespace, self.snapshotter(snapshotter_name).name, key)).snapshot
 
-    async def find(self, namespace: str, snapshotter_name: str | None) -> list[Snapshot]:
-        return await self._store.list_in(namespace, self.snapshotter(snapshotter_name).name)
+    async def find(
+        self, namespace: str, snapshotter_name: str | None, page: PageRequest = FIRST_PAGE
+    ) -> Page[Snapshot]:
+        return await self._store.list_in(namespace, self.snapshotter(snapshotter_name).name, page)
 
     async def remove(self, namespace: str, snapshotter_name: str | None, key: str) -> None:
         """Appends /snapshot/remove. Raises NOT_FOUND, CONFLICT while in use."""
@@ -118,8 +160,10 @@ class SnapshotService:
         body: AsyncIterator[bytes],
     ) -> Snapshot:
         """Unpack a streamed tar layer (over committed `parent`, whiteouts honoured) into a
-        new committed snapshot `name`. Appends /snapshot/commit. Raises INVALID_ARGUMENT
-        (unsafe or broken tar), TOO_LARGE, ALREADY_EXISTS, VALIDATION (bad parent)."""
+        new committed snapshot `name`, synced to disk before its row commits. Appends
+        /snapshot/commit. Raises INVALID_ARGUMENT (unsafe or broken tar, an upload idle too
+        long), TOO_LARGE (bytes, decompressed bytes, entries, a header), ALREADY_EXISTS,
+        VALIDATION (bad parent). On any error nothing is left: no data dir, mount or row."""
         validate_identifier("snapshot name", name)
         snapshotter = self.snapshotter(snapshotter_name)
         parents = await self._parent_dirs(namespace, snapshotter.name, parent)
@@ -130,9 +174,10 @@ class SnapshotService:
             target.mkdir()
             await asyncio.to_thread(mount_all, snapshotter.mounts(data, parents, SnapshotKind.ACTIVE), target)
             try:
-                await self._stream_into(body, target)
+                await self._stream_into(body, target, data)
             finally:
                 await asyncio.shield(asyncio.to_thread(_unmount_and_remove, target))
+            await asyncio.get_running_loop().run_in_executor(self._imports, _sync_filesystem, data)
             return await self._store.insert(
                 namespace, snapshotter.name, name, SnapshotKind.COMMITTED, parent, {}, data.name
             )
@@ -192,32 +237,37 @@ class SnapshotService:
             )
         return [self._path(record.data_dir) for record in chain]
 
-    async def _stream_into(self, body: AsyncIterator[bytes], target: Path) -> None:
-        """Feed the request body to `apply_layer` running in a thread, through a bounded
-        queue: memory stays at a few chunks whatever the size of the tar."""
-        pipe = _ChunkPipe()
-        extraction = asyncio.create_task(
-            asyncio.to_thread(apply_layer, io.BufferedReader(pipe, 1 << 16), target), name="snapshots.import"
+    async def _stream_into(self, body: AsyncIterator[bytes], target: Path, data: Path) -> None:
+        """Feed the request body to `apply_layer` running on the import executor, through a
+        bounded pipe: memory stays at a few chunks whatever the size of the tar."""
+        limits = self._limits
+        pipe = _ChunkPipe(asyncio.get_running_loop())
+        extraction = asyncio.get_running_loop().run_in_executor(
+            self._imports, _extract, io.BufferedReader(pipe, 1 << 16), target, data, limits
         )
-
-        async def feed(chunk: bytes | None) -> bool:
-            """Hand over one chunk (None: the end); False once the reader has stopped."""
-            while not extraction.done():
-                if await asyncio.to_thread(pipe.put, chunk):
-                    return True
-            return False
-
+        extraction.add_done_callback(lambda _: pipe.close_reader())
+        chunks = aiter(body)
         received = 0
         try:
-            async for chunk in body:
-                received += len(chunk)
-                if received > self._import_max_bytes:
-                    limit = self._import_max_bytes
-                    raise CargoholdError(ErrorKind.TOO_LARGE, f"the tar is larger than the {limit}-byte import limit")
-                if not await feed(chunk):
+            while True:
+                try:
+                    async with asyncio.timeout(limits.idle_timeout):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    await pipe.put(None)
                     break
-            else:
-                await feed(None)
+                except TimeoutError:
+                    raise invalid(
+                        f"the upload sent nothing for {limits.idle_timeout:g} seconds (--import-idle-timeout); "
+                        "the import was abandoned"
+                    ) from None
+                received += len(chunk)
+                if received > limits.max_bytes:
+                    raise CargoholdError(
+                        ErrorKind.TOO_LARGE, f"the tar is larger than the {limits.max_bytes}-byte import limit"
+                    )
+                if not await pipe.put(chunk):
+                    break  # the extraction has stopped: its outcome says why
             await extraction
         finally:
             pipe.abort()
@@ -227,14 +277,37 @@ class SnapshotService:
                 extraction.exception()  # retrieved: the error that matters is already raised
 
 
-class _ChunkPipe(io.RawIOBase):
-    """A byte stream written by the event loop and read by the extraction thread."""
+def _extract(stream: IO[bytes], target: Path, data: Path, limits: ImportLimits) -> int:
+    # Device nodes only where no other user can reach them (the snapshots dir is 0700).
+    layer = LayerLimits(limits.max_bytes, limits.max_entries, devices=is_private(data))
+    return apply_layer(stream, target, layer)
 
-    def __init__(self) -> None:
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+
+def _sync_filesystem(data: Path) -> None:
+    """syncfs(2) on the filesystem holding `data`: every file, directory, link and
+    whiteout of the import reaches the disk in one call, however many there are."""
+    fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"syncfs {data}: {os.strerror(error)}")
+    finally:
+        os.close(fd)
+
+
+class _ChunkPipe(io.RawIOBase):
+    """A byte stream written by the event loop and read by the extraction thread. The
+    loop never blocks a thread to wait for room: the reader wakes it through the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._chunks: collections.deque[bytes | None] = collections.deque()
+        self._ready = threading.Condition()
+        self._room = asyncio.Event()
         self._current = memoryview(b"")
         self._aborted = False
         self._ended = False
+        self._reader_gone = False
 
     def readable(self) -> bool:
         return True
@@ -243,10 +316,14 @@ class _ChunkPipe(io.RawIOBase):
         while not self._current:
             if self._ended:
                 return 0  # stays at the end: readers may ask again after a short read
-            chunk = self._chunks.get()
-            if chunk is None:
+            with self._ready:
+                while not self._chunks and not self._aborted:
+                    self._ready.wait()
                 if self._aborted:
                     raise EOFError("the upload was interrupted")
+                chunk = self._chunks.popleft()
+            self._loop.call_soon_threadsafe(self._room.set)
+            if chunk is None:
                 self._ended = True
                 return 0
             self._current = memoryview(chunk)
@@ -255,36 +332,52 @@ class _ChunkPipe(io.RawIOBase):
         self._current = self._current[size:]
         return size
 
-    def put(self, chunk: bytes | None) -> bool:
-        """Queue a chunk (None: end of stream); False if no room came within a second."""
-        try:
-            self._chunks.put(chunk, timeout=1.0)
-        except queue.Full:
-            return False
-        return True
+    async def put(self, chunk: bytes | None) -> bool:
+        """Queue a chunk (None: end of stream) once there is room; False once the reader
+        has stopped."""
+        while True:
+            with self._ready:
+                if self._reader_gone or self._aborted:
+                    return False
+                if len(self._chunks) < _PIPE_DEPTH:
+                    self._chunks.append(chunk)
+                    self._ready.notify()
+                    return True
+                self._room.clear()
+            await self._room.wait()
+
+    def close_reader(self) -> None:
+        """The reader has stopped (done or failed): wake a writer waiting for room."""
+        self._reader_gone = True
+        self._room.set()
 
     def abort(self) -> None:
         """Wake the reader and make it fail (the upload stopped); harmless once it has ended."""
-        self._aborted = True
-        while True:
-            try:
-                self._chunks.get_nowait()
-            except queue.Empty:
-                break
-        self._chunks.put_nowait(None)
+        with self._ready:
+            self._aborted = True
+            self._chunks.clear()
+            self._ready.notify_all()
 
 
 def _disk_usage(path: Path) -> Usage:
     size = inodes = 0
     seen: set[tuple[int, int]] = set()
-    for directory, dirnames, filenames in os.walk(path):
-        for name in [*dirnames, *filenames]:
-            info = os.lstat(os.path.join(directory, name))
+
+    def count(fd: int, entries: list[os.DirEntry[str]]) -> None:
+        nonlocal size, inodes
+        for entry in entries:
+            info = entry.stat(follow_symlinks=False)
             if (info.st_dev, info.st_ino) in seen:
                 continue
             seen.add((info.st_dev, info.st_ino))
             inodes += 1
             size += info.st_blocks * 512
+
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        walk_tree(parent, path.name, count, lambda fd, name: None)
+    finally:
+        os.close(parent)
     return Usage(size=size, inodes=inodes)
 
 
@@ -300,6 +393,7 @@ def _remove_tree(path: Path, attempts: int = 5) -> None:
             return
         for point in mount_points_under(path):
             unmount(point)
-        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(path)  # any depth: a container may have nested directories past Python's stack
     if path.exists():
         log.warning("could not remove %s entirely; it is removed at the next start", path)

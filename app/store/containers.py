@@ -7,6 +7,8 @@ runtime, snapshotter, snapshot_key), as containerd keeps a record's encoded valu
 its index buckets. So a list is the documents joined, which SQLite does in one statement
 with no per-row work in Python; a get is one document parsed; a filter scans the narrow
 table only. Filtered lists are narrowed in SQL before the filter decides in Python.
+Lists come a page at a time (`PageRequest`: after an id, at most `limit` documents and
+about `max_bytes` of them), so no list makes SQLite join an unbounded string.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from ..errors import CargoholdError, ErrorKind, not_found
-from ..filters import Equality
-from ..models import Container, ContainerFields, ContainerHead, Runtime, RuntimeName
+from ..filters import Equality, off_loop
+from ..models import FIRST_PAGE, Container, ContainerFields, ContainerHead, PageRequest, Runtime, RuntimeName
+from ..pages import cut_sizes
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
 from .namespaces import ensure_namespace, namespace_not_found
@@ -42,10 +46,6 @@ _DOCUMENT = "SELECT doc FROM container_documents WHERE namespace = ? AND id = ?"
 _PLAIN = re.compile(r'[ !#-\[\]-~]*')
 _COLUMN_FIELDS = ("id", "image", "snapshotter", "snapshot_key")
 _BATCH = 500  # ids bound in one statement; well under SQLite's variable limit
-
-
-def _batches(ids: list[str]) -> list[list[str]]:
-    return [ids[start:start + _BATCH] for start in range(0, len(ids), _BATCH)]
 
 
 def _document(container: Container) -> str:
@@ -211,41 +211,95 @@ class ContainerStore:
         namespace: str,
         select: Callable[[ContainerHead], bool] | None = None,
         equalities: Sequence[Sequence[Equality]] = ((),),
-    ) -> bytes:
-        """The JSON of `ContainerList` for the containers of `namespace` (those whose head
-        `select` keeps), by id: the body of `GET /containers`, as FastAPI would write it.
+        page: PageRequest = FIRST_PAGE,
+    ) -> tuple[bytes, str | None]:
+        """The JSON of `ContainerList` for a page of the containers of `namespace` (those
+        whose head `select` keeps), by id: the body of `GET /containers`, as FastAPI would
+        write it; and the page's next cursor (also in the body).
 
         `equalities` are, per alternative of `select`, the field == value pairs it
         requires (`Filter.equalities()`); those SQL can express narrow the rows read
         before `select` decides, so they must never exclude a row `select` keeps.
         Raises NOT_FOUND for an unknown namespace."""
         if select is None:
-            joined = [await self._joined(namespace)]
+            text, cursor = await self._page(namespace, " AND id > ?", [page.after], page)
         else:
             where, params = _narrowing(equalities)
             heads = await self._db.all(
-                f"SELECT {_HEAD_SELECT} FROM containers WHERE namespace = ?{where} ORDER BY id",
-                namespace, *params,
+                f"SELECT {_HEAD_SELECT} FROM containers WHERE namespace = ? AND id > ?{where} ORDER BY id",
+                namespace, page.after, *params,
             )
-            chosen = [row["id"] for row in heads if select(_head(row))]
-            joined = [await self._joined(namespace, batch) for batch in _batches(chosen)]
-        text = ",".join(filter(None, joined))
+            # Off the event loop, on the filters' threads: over 10,000 long labels, parsing
+            # heads and matching took up to 0.6 s of it (RE2 releases the GIL as it matches).
+            chosen = await off_loop(lambda: [row["id"] for row in heads if select(_head(row))])
+            text, cursor = await self._page_of(namespace, chosen, page)
         if not text:
             await self._require_namespace(namespace)
-        return f'{{"containers":[{text}]}}'.encode()
+        next_cursor = "null" if cursor is None else json.dumps(cursor)
+        return f'{{"containers":[{text}],"next_cursor":{next_cursor}}}'.encode(), cursor
 
-    async def _joined(self, namespace: str, ids: Sequence[str] | None = None) -> str:
-        """The documents of `namespace` (only those with `ids`, if given) by id, joined by
-        commas; "" for none. group_concat sees the rows in the subquery's order: SQLite
+    async def _page_of(self, namespace: str, ids: list[str], page: PageRequest) -> tuple[str, str | None]:
+        """`_page` over the containers `ids` (sorted), in batches of bound ids."""
+        joined: list[str] = []
+        budget = page.max_bytes
+        wanted = ids[: page.limit]
+        for start in range(0, len(wanted), _BATCH):
+            batch = wanted[start:start + _BATCH]
+            where = f" AND id IN ({', '.join('?' * len(batch))})"
+            text, cursor = await self._page(
+                namespace, where, batch, replace(page, limit=len(batch), max_bytes=budget), find_next=False
+            )
+            if text:
+                joined.append(text)
+            if cursor is not None:  # the bytes ran out inside this batch
+                return ",".join(joined), cursor
+            budget -= len(text.encode())
+            if budget <= 0 and start + _BATCH < len(wanted):
+                return ",".join(joined), batch[-1]
+        return ",".join(joined), wanted[-1] if len(ids) > len(wanted) else None
+
+    async def _page(
+        self, namespace: str, where: str, params: Sequence[str], page: PageRequest, find_next: bool = True
+    ) -> tuple[str, str | None]:
+        """The documents of `namespace` matching `where` (an ` AND ...` clause), by id, of
+        one page, joined by commas ("" for none); and the next cursor (None: no more, or
+        not asked for with `find_next` false).
+
+        One statement in the usual case: the page's bytes are summed first and the
+        documents joined only when that sum is within the page's bytes, so SQLite never
+        builds a string past it (nor hits SQLITE_MAX_LENGTH, 1e9 bytes, where 1,000
+        one-MiB specs did). group_concat sees the rows in the subquery's order: SQLite
         keeps a FROM-subquery's ORDER BY under an aggregate other than count/min/max
-        (select.c), and a test holds it to that."""
-        where = "" if ids is None else f" AND id IN ({', '.join('?' * len(ids))})"
-        row = await self._db.one(
-            f"SELECT group_concat(doc) AS joined FROM (SELECT doc FROM container_documents WHERE namespace = ?{where}"
-            " ORDER BY id)",
-            namespace, *(ids or ()),
+        (select.c), and a test holds it to that. Over the bound, the sizes are read and
+        the page cut where they reach it. (The sum costs a second read of the documents:
+        in the store, a list of 1,000 takes 0.45 ms where it took 0.26.)"""
+        rows = f"FROM container_documents WHERE namespace = ?{where} ORDER BY id LIMIT ?"
+        # The sizes and count are over one row more than the page: that row, if any, only
+        # says there is a next page (and the page's last id is then read, lazily, as CASE
+        # evaluates a subquery only when its WHEN holds).
+        head = await self._db.one(
+            "SELECT size.bytes, size.n,"
+            f" CASE WHEN size.bytes <= ? THEN (SELECT group_concat(doc) FROM (SELECT doc {rows})) END AS joined,"
+            f" CASE WHEN size.n > ? THEN (SELECT max(id) FROM (SELECT id {rows})) END AS last"
+            f" FROM (SELECT sum(length(CAST(doc AS BLOB))) AS bytes, count(*) AS n FROM (SELECT doc {rows})) AS size",
+            page.max_bytes, namespace, *params, page.limit,
+            page.limit, namespace, *params, page.limit,
+            namespace, *params, page.limit + 1,
         )
-        return (row["joined"] if row else None) or ""  # group_concat of no rows is NULL
+        if head is None or not head["n"]:
+            return "", None
+        if head["joined"] is not None:
+            return head["joined"], head["last"] if find_next else None
+        sizes = await self._db.all(
+            f"SELECT id, length(CAST(doc AS BLOB)) AS size {rows}", namespace, *params, page.limit
+        )
+        count, cursor = cut_sizes([(row["id"], row["size"]) for row in sizes], page)
+        if cursor is None and find_next:
+            cursor = head["last"]
+        joined = await self._db.one(
+            f"SELECT group_concat(doc) AS joined FROM (SELECT doc {rows})", namespace, *params, count
+        )
+        return (joined["joined"] if joined else None) or "", cursor
 
     async def update(
         self,

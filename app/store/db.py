@@ -28,6 +28,8 @@ from typing import Any
 import aiosqlite
 
 from ..models import Container, Event, Runtime, RuntimeName
+from ..ondisk import create_private
+from .retention import EventRetention
 
 Row = sqlite3.Row
 Params = Sequence[Any]
@@ -152,6 +154,8 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     CREATE INDEX exits_by_process ON exits(namespace, id, exec_id, seq);
     """,
     _containers_as_documents,
+    # The OOM kills of a task already published (/tasks/oom), so a restart does not publish them again.
+    "ALTER TABLE tasks ADD COLUMN oom_kills INTEGER NOT NULL DEFAULT 0",
 )
 
 
@@ -167,10 +171,12 @@ class Tx:
     """An open write transaction (statements run at once, on the calling thread).
     Collects the events it appends for after COMMIT."""
 
-    def __init__(self, conn: sqlite3.Connection, event_retention: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, retention: EventRetention) -> None:
         self._conn = conn
-        self._event_retention = event_retention
+        self._retention = retention
         self.events: list[Event] = []
+        # Payload bytes this transaction added to the events table (less what it pruned).
+        self.event_bytes = 0
 
     def execute(self, sql: str, *params: Any) -> int:
         """Run a statement; return the number of rows it changed."""
@@ -195,13 +201,14 @@ class Tx:
     def append_event(self, namespace: str, topic: str, payload: dict[str, Any]) -> Event:
         """Store an event in this transaction; it is published once the transaction commits."""
         timestamp = utcnow()
+        payload, text = self._retention.cut(payload)  # bounded: the store's and subscribers' payload
         event_id = self.insert(
             "INSERT INTO events (timestamp, namespace, topic, payload) VALUES (?, ?, ?, ?)",
-            timestamp.isoformat(), namespace, topic, dumps(payload),
+            timestamp.isoformat(), namespace, topic, text,
         )
-        # Prune in steps rather than on every insert; the bound is approximate by design.
-        if event_id % 1000 == 0:
-            self.execute("DELETE FROM events WHERE id <= ?", event_id - self._event_retention)
+        self.event_bytes += len(text.encode())
+        # Prune in steps rather than on every insert; the bounds are approximate by design.
+        self.event_bytes += self._retention.prune(self._conn, event_id, self.event_bytes)
         event = Event(
             id=event_id, timestamp=timestamp, namespace=namespace, topic=topic, event=payload
         )
@@ -216,26 +223,35 @@ class Database:
         self,
         writer: sqlite3.Connection,
         reader: aiosqlite.Connection,
-        event_retention: int,
+        retention: EventRetention,
     ) -> None:
         self._writer = writer
         # One thread, so the writer connection is only ever used by one thread at a time.
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._reader = reader
         self._write_lock = asyncio.Lock()
-        self._event_retention = event_retention
+        self._retention = retention
         self.on_commit: Callable[[list[Event]], None] | None = None
 
     @classmethod
-    async def open(cls, path: Path, event_retention: int = 100_000) -> Database:
+    async def open(
+        cls,
+        path: Path,
+        event_retention: int = 100_000,
+        event_retention_bytes: int = 256 * 1024 * 1024,
+        event_max_payload_bytes: int = 64 * 1024,
+    ) -> Database:
+        """Events are kept while under `event_retention` events and `event_retention_bytes`
+        of payload; each payload is cut to `event_max_payload_bytes` (see `retention`)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await asyncio.to_thread(_open_writer, path)
+        retention = EventRetention(event_retention, event_retention_bytes, event_max_payload_bytes)
+        writer = await asyncio.to_thread(_open_writer, path, retention)
         try:
             reader = await _connect(path)
         except BaseException:
             writer.close()
             raise
-        return cls(writer, reader, event_retention)
+        return cls(writer, reader, retention)
 
     async def close(self) -> None:
         async with self._write_lock:
@@ -248,7 +264,7 @@ class Database:
         """A write transaction; commits on normal exit, rolls back on any exception."""
         async with self._write_lock:
             await self._begin()
-            tx = Tx(self._writer, self._event_retention)
+            tx = Tx(self._writer, self._retention)
             try:
                 yield tx
             except BaseException:
@@ -279,6 +295,7 @@ class Database:
         except BaseException:
             self._writer.rollback()
             raise
+        self._retention.stored_bytes += tx.event_bytes
         if tx.events and self.on_commit is not None:
             self.on_commit(tx.events)
 
@@ -316,8 +333,10 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-def _open_writer(path: Path) -> sqlite3.Connection:
+def _open_writer(path: Path, retention: EventRetention) -> sqlite3.Connection:
     """The writer: used from the loop and the writer thread, one at a time (the write lock)."""
+    # 0600 before SQLite creates it with the umask's mode: the rows hold the specs' env.
+    create_private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
@@ -325,6 +344,7 @@ def _open_writer(path: Path) -> sqlite3.Connection:
         for pragma in _PRAGMAS:
             conn.execute(pragma)
         _migrate(conn)
+        retention.load(conn)
         conn.execute("PRAGMA busy_timeout = 0")  # see Database._begin
     except BaseException:
         conn.close()

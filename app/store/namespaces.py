@@ -7,7 +7,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 from ..errors import CargoholdError, ErrorKind, not_found
-from ..models import Namespace
+from ..models import FIRST_PAGE, Namespace, Page, PageRequest
+from ..pages import cut
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
 
@@ -63,8 +64,13 @@ class NamespaceStore:
     async def exists(self, name: str) -> bool:
         return await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", name) is not None
 
-    async def list_all(self) -> list[Namespace]:
-        return [_namespace(row) for row in await self._db.all("SELECT * FROM namespaces ORDER BY name")]
+    async def list_all(self, page: PageRequest = FIRST_PAGE) -> Page[Namespace]:
+        """A page of the namespaces, by name."""
+        rows = await self._db.all(
+            "SELECT * FROM namespaces WHERE name > ? ORDER BY name LIMIT ?", page.after, page.limit + 1
+        )
+        cut_rows = cut(rows, page, key=lambda row: row["name"], size=lambda row: len(row["labels"]) + 100)
+        return Page([_namespace(row) for row in cut_rows.items], cut_rows.next_cursor)
 
     async def update(
         self, name: str, new_labels: Callable[[Namespace], dict[str, str]]

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..errors import CargoholdError, ErrorKind, not_found
-from ..models import Snapshot, SnapshotKind
+from ..models import FIRST_PAGE, Page, PageRequest, Snapshot, SnapshotKind
+from ..pages import cut
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
 from .namespaces import ensure_namespace, namespace_not_found
@@ -173,13 +174,16 @@ class SnapshotStore:
             key = record.snapshot.parent
         return records
 
-    async def list_in(self, namespace: str, snapshotter: str) -> list[Snapshot]:
+    async def list_in(self, namespace: str, snapshotter: str, page: PageRequest = FIRST_PAGE) -> Page[Snapshot]:
+        """A page of the snapshots of `snapshotter` in `namespace`, by key."""
         rows = await self._db.all(
-            "SELECT * FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY key", namespace, snapshotter
+            "SELECT * FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key > ? ORDER BY key LIMIT ?",
+            namespace, snapshotter, page.after, page.limit + 1,
         )
         if not rows and await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", namespace) is None:
             raise namespace_not_found(namespace)
-        return [_record(row).snapshot for row in rows]
+        cut_rows = cut(rows, page, key=lambda row: row["key"], size=lambda row: len(row["labels"]) + 200)
+        return Page([_record(row).snapshot for row in cut_rows.items], cut_rows.next_cursor)
 
     async def commit(
         self, namespace: str, snapshotter: str, key: str, name: str, labels: dict[str, str]

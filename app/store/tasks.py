@@ -30,6 +30,8 @@ class TaskRecord:
     task: Task
     conmon_pid: int
     exited: bool
+    # OOM kills of this task already published as /tasks/oom.
+    oom_kills: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,24 +191,37 @@ class TaskStore:
             assert row is not None
             return _process(row).process
 
-    async def record_exit(self, namespace: str, exit_: Exit) -> None:
-        """Keep the exit and append /tasks/exit. For the init process the task is marked
-        exited (teardown pending); an exec process's row goes. Idempotent: a second exit
-        for a process already recorded does nothing (recovery may see one twice)."""
+    async def record_exit(self, namespace: str, exit_: Exit) -> Exit:
+        """Keep the exit and append /tasks/exit; returns it as kept. For the init process the
+        task is marked exited (teardown pending); an exec process's row goes. Idempotent: a
+        second exit for a process already recorded does nothing (recovery may see one twice).
+        `exited_at` is never before the task's start (or the process's creation): conmon's
+        exit file has the kernel's coarse mtime, taken before the daemon notes the start."""
         async with self._db.write() as tx:
+            if exit_.exec_id is None:
+                row = tx.one(
+                    "SELECT created_at, started_at FROM tasks WHERE namespace = ? AND id = ?", namespace, exit_.id
+                )
+            else:
+                row = tx.one("SELECT created_at, NULL AS started_at" + _PROCESS_WHERE.removeprefix("SELECT *"),
+                             namespace, exit_.id, exit_.exec_id)
+            if row is not None:
+                floor = datetime.fromisoformat(row["started_at"] or row["created_at"])
+                if exit_.exited_at < floor:
+                    exit_ = exit_.model_copy(update={"exited_at": floor})
             if exit_.exec_id is None:
                 marked = tx.execute(
                     "UPDATE tasks SET exited = 1 WHERE namespace = ? AND id = ? AND exited = 0", namespace, exit_.id
                 )
                 if not marked:
-                    return
+                    return exit_
             else:
                 changed = tx.execute(
                     "DELETE FROM processes WHERE namespace = ? AND task_id = ? AND exec_id = ?",
                     namespace, exit_.id, exit_.exec_id,
                 )
                 if not changed:
-                    return
+                    return exit_
             seq = tx.insert(
                 "INSERT INTO exits (namespace, id, exec_id, pid, exit_status, exited_at, oom_killed)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -222,10 +237,14 @@ class TaskStore:
             # bounds are approximate by design, as for events).
             if seq % PRUNE_EVERY == 0:
                 self._prune_exits(tx, namespace)
+            return exit_
 
-    async def record_oom(self, namespace: str, payload: dict[str, Any]) -> None:
-        """Append /tasks/oom."""
+    async def record_oom(self, namespace: str, task_id: str, oom_kills: int, payload: dict[str, Any]) -> None:
+        """Note that the task's first `oom_kills` OOM kills are published and append
+        /tasks/oom, together: a restart neither repeats nor loses one."""
         async with self._db.write() as tx:
+            tx.execute("UPDATE tasks SET oom_kills = max(oom_kills, ?) WHERE namespace = ? AND id = ?",
+                       oom_kills, namespace, task_id)
             tx.append_event(namespace, Topic.TASK_OOM, payload)
 
     async def delete(self, namespace: str, task_id: str, exit_: Exit) -> None:
@@ -278,4 +297,5 @@ class TaskStore:
             ),
             conmon_pid=row["conmon_pid"],
             exited=bool(row["exited"]),
+            oom_kills=row["oom_kills"],
         )

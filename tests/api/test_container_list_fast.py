@@ -56,7 +56,7 @@ async def pydantic_body(client: httpx.AsyncClient, headers: Mapping[str, str], i
         response = await client.get(f"/containers/{container_id}", headers=headers)
         assert response.status_code == 200, response.text
         parts.append(response.content)
-    return b'{"containers":[' + b",".join(parts) + b"]}"
+    return b'{"containers":[' + b",".join(parts) + b'],"next_cursor":null}'
 
 
 async def listed(client: httpx.AsyncClient, headers: Mapping[str, str], filters: Sequence[str]) -> httpx.Response:
@@ -142,4 +142,4 @@ async def test_empty_known_namespace(
 ) -> None:
     await create(client, ns_headers, "web")
     assert (await client.delete("/containers/web", headers=ns_headers)).status_code == 204
-    assert (await listed(client, ns_headers, filters)).content == b'{"containers":[]}'
+    assert (await listed(client, ns_headers, filters)).content == b'{"containers":[],"next_cursor":null}'

@@ -456,7 +456,7 @@ class TestListContainers:
         db = (await create(client, ns_headers, "db")).json()
         response = await client.get("/containers", headers=ns_headers)
         assert response.status_code == 200
-        assert response.json() == {"containers": [db, web]}
+        assert response.json() == {"containers": [db, web], "next_cursor": None}
 
 
 class TestGetContainer:

@@ -139,7 +139,7 @@ class TestCreateNamespace:
         assert (await events(client))[0]["event"] == {"name": name, "labels": labels}
         # It exists now: listing its containers is an empty list, not a 404.
         listed = await client.get("/containers", headers={"Cargohold-Namespace": name})
-        assert listed.json() == {"containers": []}
+        assert listed.json() == {"containers": [], "next_cursor": None}
 
     async def test_labels_at_the_limits(self, client: httpx.AsyncClient) -> None:
         widest = {"k": "v" * 4095}  # key and value: exactly 4096 bytes
@@ -157,7 +157,7 @@ class TestListNamespaces:
     async def test_none_yet(self, client: httpx.AsyncClient) -> None:
         response = await client.get("/namespaces")
         assert response.status_code == 200
-        assert response.json() == {"namespaces": []}
+        assert response.json() == {"namespaces": [], "next_cursor": None}
 
     async def test_valid(self, client: httpx.AsyncClient) -> None:
         made = await create_namespace(client, "web", {"team": "web"})
@@ -165,7 +165,7 @@ class TestListNamespaces:
         apps = (await client.get("/namespaces/apps")).json()
         response = await client.get("/namespaces")
         assert response.status_code == 200
-        assert response.json() == {"namespaces": [apps, made]}
+        assert response.json() == {"namespaces": [apps, made], "next_cursor": None}
         assert apps["labels"] == {}
 
     async def test_deleted_ones_are_gone(self, client: httpx.AsyncClient) -> None:

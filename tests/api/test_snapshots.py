@@ -51,6 +51,7 @@ DEFAULT = "overlayfs"
 IMPORT_TIMEOUT = 10.0
 BROKEN_IMPORT_TIMEOUT = 2.0
 SECRET = b"host data that no tar may touch\n"
+HOST_TIME = 1_000_000_000  # the host file's and directory's times: a tar setting its own would show
 
 Json = dict[str, Any]
 
@@ -116,14 +117,21 @@ def outside(tmp_path: Path) -> Path:
     directory.mkdir()
     directory.chmod(0o755)
     (directory / "secret").write_bytes(SECRET)
+    (directory / "secret").chmod(0o644)
+    os.utime(directory / "secret", (HOST_TIME, HOST_TIME))
+    os.utime(directory, (HOST_TIME, HOST_TIME))
     return directory
 
 
 def assert_outside_untouched(outside: Path) -> None:
     assert sorted(os.listdir(outside)) == ["secret"], "a tar wrote to or deleted from a host directory"
+    secret, directory = os.lstat(outside / "secret"), os.lstat(outside)
     assert (outside / "secret").read_bytes() == SECRET
-    assert (outside / "secret").stat().st_nlink == 1, "a tar hard-linked a host file into a snapshot"
-    assert stat.S_IMODE(outside.stat().st_mode) == 0o755, "a tar changed a host directory's mode"
+    assert secret.st_nlink == 1, "a tar hard-linked a host file into a snapshot"
+    assert (stat.S_IMODE(secret.st_mode), secret.st_uid, secret.st_gid) == (0o644, 0, 0), "a tar changed a host file"
+    assert secret.st_mtime == HOST_TIME, "a tar changed a host file's times"
+    assert (stat.S_IMODE(directory.st_mode), directory.st_uid) == (0o755, 0), "a tar changed a host directory"
+    assert directory.st_mtime == HOST_TIME, "a tar changed a host directory's times"
 
 
 def _mount_points_under(path: Path) -> list[str]:
@@ -732,10 +740,14 @@ class TestImportRefused:
     async def test_hardlink_to_an_outside_symlink_never_links_the_host_file(
         self, api: Api, snapshotter: str, outside: Path, tmp_path: Path
     ) -> None:
-        """`lnk -> /host/file`, then a hard link `h` to `lnk`: link(2) follows the symlink.
-        Either refused, or `h` is anything but the host file (a copy of the symlink is fine)."""
+        """`lnk -> /host/file`, then a hard link `h` to `lnk` of mode 04777 and uid 1234
+        (issue 12: link(2) and chown/chmod followed the symlink). Either refused, or `h` is
+        anything but the host file (a link to the symlink itself is fine); the host file's
+        content, mode, owner and times stay."""
         before = await observe(api)
-        members = [sym("lnk", str(outside / "secret")), link("h", "lnk")]
+        hard = link("h", "lnk")
+        hard[0].mode, hard[0].uid, hard[0].gid = 0o4777, 1234, 1234
+        members = [sym("lnk", str(outside / "secret")), hard]
         response = await api.import_tar("evil", make_tar(*members), snapshotter)
         assert_outside_untouched(outside)
         if response.status_code == 400:

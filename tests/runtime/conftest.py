@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,7 @@ import httpx
 import pytest
 
 from app.config import Listener, Settings
-from app.runtime.cgroups import leftover_cgroups
+from app.runtime.cgroups import daemon_cgroup_parent, leftover_cgroups
 from app.snapshots.mounts import mount_points_under
 from tests.conftest import running_server, uds_client
 from tests.rootfs import write_busybox_tar
@@ -68,26 +67,13 @@ def leftovers(settings: Settings) -> dict[str, Any]:
     found = {
         "conmon": conmon_pids_under(settings.state),
         "runc state": runc_states,
-        "cgroups": [str(p) for p in leftover_cgroups() if _cgroup_namespace(p) in namespaces_of(settings)],
+        # Below this daemon's own cgroup parent: other daemons on the host have theirs.
+        "cgroups": [str(p) for p in leftover_cgroups(daemon_cgroup_parent(settings.state))],
         "mounts": [str(p) for base in (settings.root, settings.state) if base.exists()
                    for p in mount_points_under(base)],
         "task dirs": task_dirs,
     }
     return {kind: items for kind, items in found.items() if items}
-
-
-def namespaces_of(settings: Settings) -> set[str]:
-    """The namespaces this daemon's database knows (cgroups of others are not ours to judge:
-    other daemons may run tests on the same machine)."""
-    if not settings.database_path.exists():
-        return set()
-    with sqlite3.connect(settings.database_path) as conn:
-        return {row[0] for row in conn.execute("SELECT name FROM namespaces")}
-
-
-def _cgroup_namespace(path: Path) -> str | None:
-    parts = path.parts
-    return parts[parts.index("cargohold") + 1] if "cargohold" in parts[:-1] else None
 
 
 @pytest.fixture

@@ -280,7 +280,7 @@ class TestLogs:
         assert [(line["stream"], line["line"]) for line in lines] == [
             ("stdout", "one"), ("stderr", "two"), ("stdout", "three"),
         ]
-        assert all(set(line) == {"time", "stream", "line"} for line in lines)
+        assert all(set(line) == {"time", "stream", "line", "partial"} and not line["partial"] for line in lines)
         times = [datetime.fromisoformat(line["time"]) for line in lines]
         assert times == sorted(times) and all(t.tzinfo is not None for t in times)
         # Still readable once the task is deleted.

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.runtime.cgroups import hierarchies
+from app.runtime.cgroups import daemon_cgroup_parent, hierarchies
 from app.runtime.defaults import with_defaults
 from app.snapshots.mounts import mount_points_under, unmount
 from tests.conftest import BASE_URL
@@ -121,7 +121,9 @@ class DaemonProcess:
         if how is signal.SIGTERM:
             # uvicorn re-raises the SIGTERM it caught once it has shut down: -15 is a clean exit.
             assert code in (0, -signal.SIGTERM), f"SIGTERM: the daemon exited with {code}:\n{self.logs()}"
-            assert "Application shutdown complete" in self.log.read_text(), self.logs()
+            # uvicorn's words for a finished shutdown (the lifespan's own, when uvicorn runs it).
+            text = self.log.read_text()
+            assert "Application shutdown complete" in text or "Finished server process" in text, self.logs()
 
     async def restart(self, how: signal.Signals) -> httpx.AsyncClient:
         await self.stop(how)
@@ -199,20 +201,21 @@ def task_dirs(daemon: DaemonProcess) -> list[Path]:
 
 
 def cgroups_of(namespaces: set[str]) -> list[Path]:
-    """Every cgroup dir of these namespaces (`/cargohold/<namespace>` and below), in every
-    hierarchy. os.walk, unlike `leftover_cgroups()`'s rglob, shrugs off a directory that
-    another daemon on this host removes during the walk."""
+    """Every cgroup dir of these namespaces (`/cargohold/<daemon key>/<namespace>` and below,
+    whichever daemon's), in every hierarchy. os.walk, unlike `leftover_cgroups()`'s rglob,
+    shrugs off a directory that another daemon on this host removes during the walk."""
     found: list[Path] = []
     for hierarchy in hierarchies():
         for namespace in namespaces:
-            found.extend(Path(path) for path, _, _ in os.walk(hierarchy / "cargohold" / namespace))
+            for top in (hierarchy / "cargohold").glob(f"*/{namespace}"):
+                found.extend(Path(path) for path, _, _ in os.walk(top))
     return found
 
 
 def leftovers_of(settings: Settings, namespace: str) -> dict[str, Any]:
-    """`leftovers(settings)` with its cgroups narrowed to `namespace`: `leftover_cgroups()`
-    lists every daemon's on this host (other test runs may have tasks running) and its
-    rglob fails when one of them removes a cgroup during the walk (then: look again)."""
+    """`leftovers(settings)` with its cgroups narrowed to `namespace` below this daemon's
+    cgroup parent, found by os.walk: `leftover_cgroups()` fails when a cgroup is removed
+    during its walk (then: look again)."""
     for attempt in range(20):
         try:
             left = leftovers(settings)
@@ -221,7 +224,8 @@ def leftovers_of(settings: Settings, namespace: str) -> dict[str, Any]:
             if attempt == 19:
                 raise
     left.pop("cgroups", None)
-    cgroups = [str(p) for p in cgroups_of({namespace})]
+    parent = daemon_cgroup_parent(settings.state) + "/"
+    cgroups = [str(p) for p in cgroups_of({namespace}) if parent in str(p)]
     if cgroups:
         left["cgroups"] = cgroups
     return left
@@ -488,7 +492,7 @@ def plant_stray_runc(daemon: DaemonProcess, busybox_tar: Path, namespace: str) -
     with tarfile.open(busybox_tar) as archive:
         archive.extractall(rootfs)
     config = with_defaults({"ociVersion": "1.0.2", "root": {"path": str(rootfs)}, "process": {"args": LONG}})
-    config["linux"]["cgroupsPath"] = f"/cargohold/{namespace}/strayrunc"
+    config["linux"]["cgroupsPath"] = f"{daemon_cgroup_parent(daemon.state)}/{namespace}/strayrunc"
     (bundle / "config.json").write_text(json.dumps(config))
     runc = ["runc", f"--root={daemon.runc_root}"]
     pid_file = daemon.base / "stray.pid"
@@ -517,8 +521,8 @@ def plant_orphan_task_dir(daemon: DaemonProcess, namespace: str) -> Path:
     return task_dir
 
 
-def plant_ghost_cgroup(namespace: str) -> Path:
-    ghost = Path("/sys/fs/cgroup/memory/cargohold") / namespace / "ghost"
+def plant_ghost_cgroup(daemon: DaemonProcess, namespace: str) -> Path:
+    ghost = Path("/sys/fs/cgroup/memory") / daemon_cgroup_parent(daemon.state).lstrip("/") / namespace / "ghost"
     ghost.mkdir(parents=True)
     return ghost
 
@@ -558,7 +562,7 @@ async def test_start_removes_what_no_task_owns(
         if "orphan-dir" in kinds:
             orphan = plant_orphan_task_dir(daemon, namespace)
         if "ghost-cgroup" in kinds:
-            plant_ghost_cgroup(namespace)
+            plant_ghost_cgroup(daemon, namespace)
         for name, pid in must_die.items():
             assert alive(pid), name
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -25,5 +26,7 @@ async def test_run_to_completion(
     assert started.json()["status"] == "running"
     exit_ = (await client.post("/tasks/hello/wait", headers=ns_headers)).json()
     assert exit_["exit_status"] == 7 and exit_["oom_killed"] is False
-    logs = (await client.get("/tasks/hello/logs", headers=ns_headers)).text.splitlines()
-    assert [line.split('"line":')[1] for line in logs] == ['"hello"}', '"oops"}']
+    logs = [json.loads(line) for line in (await client.get("/tasks/hello/logs", headers=ns_headers)).text.splitlines()]
+    assert [(line["stream"], line["line"], line["partial"]) for line in logs] == [
+        ("stdout", "hello", False), ("stderr", "oops", False)
+    ]

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from app.config import Settings
+from app.runtime.cgroups import daemon_cgroup_parent
 from app.snapshots.mounts import mount_points_under
 from tests.runtime.conftest import conmon_pids_under, import_busybox, make_container
 
@@ -84,7 +85,10 @@ def problem(response: httpx.Response, *statuses: int) -> dict[str, Any]:
 
 
 def cgroup(controller: str, namespace: str, task_id: str) -> Path:
-    return CGROUP_ROOT / controller / "cargohold" / namespace / task_id
+    """The task's cgroup below its daemon's parent (`/cargohold/<key>`; the namespace is
+    this test's own, so one daemon's at most)."""
+    found = sorted((CGROUP_ROOT / controller / "cargohold").glob(f"*/{namespace}/{task_id}"))
+    return found[0] if found else CGROUP_ROOT / controller / "cargohold" / "none" / namespace / task_id
 
 
 def read_cgroup(controller: str, namespace: str, task_id: str, name: str) -> str:
@@ -112,7 +116,7 @@ def left_behind(settings: Settings, namespace: str) -> dict[str, Any]:
     found: dict[str, Any] = {
         "conmon": conmon_pids_under(settings.state),
         "runc state": sorted(p.name for p in runc_root.iterdir()) if runc_root.is_dir() else [],
-        "cgroups": sorted(str(p) for p in CGROUP_ROOT.glob(f"*/cargohold/{namespace}")),
+        "cgroups": sorted(str(p) for p in CGROUP_ROOT.glob(f"*/cargohold/*/{namespace}")),
         "mounts": [str(p) for p in mount_points_under(settings.root)] if settings.root.exists() else [],
         "task dirs": [str(p) for p in tasks_dir.glob("*/*")] if tasks_dir.is_dir() else [],
     }
@@ -240,7 +244,7 @@ class TestCreate:
         # The bundle: the container's spec with Cargohold's cgroup and the mounted rootfs.
         bundle = runtime_settings.state / "tasks" / namespace / "web" / "bundle"
         config = json.loads((bundle / "config.json").read_text())
-        assert config["linux"]["cgroupsPath"] == f"/cargohold/{namespace}/web"
+        assert config["linux"]["cgroupsPath"] == f"{daemon_cgroup_parent(runtime_settings.state)}/{namespace}/web"
         assert config["process"]["args"] == SERVE
         assert bundle / "rootfs" in mount_points_under(bundle)
         assert (bundle / "rootfs" / "bin" / "busybox").exists()

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter
 from app import filters
 from app.containers import container_field
 from app.errors import CargoholdError, ErrorKind
-from app.models import ContainerFields, ContainerList, SnapshotKind
+from app.models import MAX_PAGE_LIMIT, ContainerFields, ContainerList, PageRequest, SnapshotKind
 from app.store.containers import ContainerStore, _narrowing
 from app.store.db import MIGRATIONS, Database, dumps
 from app.store.snapshots import SnapshotStore
@@ -39,6 +39,13 @@ def store(db: Database) -> ContainerStore:
 
 def fields(**members: Any) -> ContainerFields:
     return ContainerFields.model_validate({"spec": SPEC, **members})
+
+
+async def listed(store: ContainerStore, *args: Any) -> bytes:
+    """The body `list_json` gives (its cursor, None here, is in the body too)."""
+    body, cursor = await store.list_json(*args)
+    assert cursor is None
+    return body
 
 
 async def pydantic_body(store: ContainerStore, ids: Sequence[str]) -> bytes:
@@ -97,7 +104,7 @@ async def shapes(store: ContainerStore, db: Database) -> list[str]:
 
 
 async def test_every_shape_is_written_as_pydantic_writes_it(store: ContainerStore, shapes: list[str]) -> None:
-    fast = await store.list_json(NS)
+    fast = await listed(store, NS)
     assert fast == await pydantic_body(store, shapes)
     assert json.loads(fast)["containers"][0]["created_at"].endswith("Z")
 
@@ -105,7 +112,7 @@ async def test_every_shape_is_written_as_pydantic_writes_it(store: ContainerStor
 @pytest.mark.parametrize("container_id", [*SHAPES, "with-snapshot"])
 async def test_each_shape_alone(store: ContainerStore, shapes: list[str], container_id: str) -> None:
     # One at a time, so a difference names its shape.
-    fast = await store.list_json(NS, lambda head: head.id == container_id, [[(("id",), container_id)]])
+    fast = await listed(store, NS, lambda head: head.id == container_id, [[(("id",), container_id)]])
     assert fast == await pydantic_body(store, [container_id])
 
 
@@ -138,7 +145,7 @@ async def test_rows_of_schema_3_become_documents(tmp_path: Path) -> None:
     migrated = await Database.open(path)
     try:
         store = ContainerStore(migrated, "overlayfs")
-        assert await store.list_json(NS) == await pydantic_body(store, list(SHAPES))
+        assert await listed(store, NS) == await pydantic_body(store, list(SHAPES))
         columns = {row["name"] for row in await migrated.all("PRAGMA table_info(containers)")}
         assert columns == {"namespace", "id", "labels", "image", "runtime", "snapshotter", "snapshot_key"}
         for n, (container_id, members) in enumerate(SHAPES.items()):
@@ -156,7 +163,7 @@ async def test_after_an_update(store: ContainerStore) -> None:
     await store.create(NS, "web", fields(labels={"a": "1"}))
     await store.update(NS, "web", lambda current: fields(labels={"a": "2", "b": "é"}))
     await store.update(NS, "web", lambda current: fields(labels={"a": "3"}, image="nginx"))
-    assert await store.list_json(NS) == await pydantic_body(store, ["web"])
+    assert await listed(store, NS) == await pydantic_body(store, ["web"])
 
 
 async def test_many_rows_in_id_order_across_batches(store: ContainerStore) -> None:
@@ -164,8 +171,9 @@ async def test_many_rows_in_id_order_across_batches(store: ContainerStore) -> No
     for n, container_id in enumerate(reversed(ids)):
         members = {"labels": {"n": str(n), "u": "é"}} if n % 97 == 0 else {"labels": {"n": str(n)}}
         await store.create(NS, container_id, fields(**members))
-    assert await store.list_json(NS) == await pydantic_body(store, ids)
-    odd = await store.list_json(NS, lambda head: int(head.labels["n"]) % 2 == 1)
+    whole = PageRequest(limit=MAX_PAGE_LIMIT)
+    assert await listed(store, NS, None, ((),), whole) == await pydantic_body(store, ids)
+    odd = await listed(store, NS, lambda head: int(head.labels["n"]) % 2 == 1, ((),), whole)
     assert [c["id"] for c in json.loads(odd)["containers"]] == sorted(ids[-2::-2])
 
 
@@ -183,19 +191,19 @@ async def test_a_container_deleted_while_listed_is_left_out(
             other.execute("DELETE FROM containers WHERE id IN ('b', 'c')")
         return True
 
-    listed = json.loads(await store.list_json(NS, delete_while_selecting))
-    assert [c["id"] for c in listed["containers"]] == ["a"]
+    found = json.loads(await listed(store, NS, delete_while_selecting))
+    assert [c["id"] for c in found["containers"]] == ["a"]
 
 
 async def test_empty_and_unknown_namespace(store: ContainerStore, db: Database) -> None:
     await store.create(NS, "web", fields())
     await store.delete(NS, "web")
     assert await db.all("SELECT id FROM container_documents") == [], "the document went with the row"
-    assert await store.list_json(NS) == b'{"containers":[]}'
-    assert await store.list_json(NS, lambda head: True, [[(("id",), "web")]]) == b'{"containers":[]}'
+    assert await listed(store, NS) == b'{"containers":[],"next_cursor":null}'
+    assert await listed(store, NS, lambda head: True, [[(("id",), "web")]]) == b'{"containers":[],"next_cursor":null}'
     for select in (None, lambda head: True):
         with pytest.raises(CargoholdError) as raised:
-            await store.list_json("nope", select)
+            await listed(store, "nope", select)
         assert raised.value.kind is ErrorKind.NOT_FOUND
         assert 'namespace "nope"' in raised.value.detail
 
@@ -267,8 +275,8 @@ async def test_narrowing_never_changes_the_result(
     def select(head: Any) -> bool:
         return match.matches(container_field(head))
 
-    narrowed = await store.list_json(NS, select, match.equalities())
-    assert narrowed == await store.list_json(NS, select), "narrowed in SQL or not, the same"
+    narrowed = await listed(store, NS, select, match.equalities())
+    assert narrowed == await listed(store, NS, select), "narrowed in SQL or not, the same"
     assert narrowed == await pydantic_body(store, expected)
     assert bool(_narrowing(match.equalities())[0]) is narrows
 

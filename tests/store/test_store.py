@@ -74,7 +74,7 @@ async def test_exception_in_transaction_rolls_back_rows_and_events(db: Database)
             )
             tx.append_event("x", "/namespaces/create", {"name": "x"})
             raise RuntimeError("boom")
-    assert await NamespaceStore(db).list_all() == []
+    assert (await NamespaceStore(db).list_all()).items == []
     assert await EventStore(db).last_id() == 0
 
 
@@ -84,7 +84,7 @@ async def test_namespace_delete_refused_while_it_holds_containers(db: Database) 
         await NamespaceStore(db).delete("ns1")
     assert raised.value.kind is ErrorKind.CONFLICT
     assert "1 container" in raised.value.detail
-    assert [n.name for n in await NamespaceStore(db).list_all()] == ["ns1"]
+    assert [n.name for n in (await NamespaceStore(db).list_all()).items] == ["ns1"]
 
 
 async def test_committed_writes_survive_reopen(tmp_path: Path) -> None:

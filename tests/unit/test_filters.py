@@ -170,9 +170,10 @@ def test_error_detail_shape() -> None:
         pytest.param([r'a=="\400"'], 1, 4, r'(a==">|\|<400")', "above", id="octal-range"),
         pytest.param([r'a=="\uD800"'], 1, 4, r'(a==">|\|<uD800")', "code point", id="surrogate"),
         pytest.param([r'a=="\xff"'], 1, 3, r'(a==>|"|<\xff")', "UTF-8", id="bad-utf8"),
-        pytest.param(["image~=[abc"], 1, 7, "(image~=>|[|<abc)", "character set", id="regex"),
-        pytest.param(["image~=ab(c"], 1, 9, "(image~=ab>|(|<c)", "missing )", id="regex-offset"),
-        pytest.param(['image~="a(b"'], 1, 9, '(image~="a>|(|<b")', "missing )", id="regex-quoted"),
+        pytest.param(["image~=[abc"], 1, 7, "(image~=>|[|<abc)", "missing ]", id="regex"),
+        pytest.param(["image~=ab[c"], 1, 9, "(image~=ab>|[|<c)", "missing ]", id="regex-offset"),
+        pytest.param(["image~=ab(c"], 1, 7, "(image~=>|a|<b(c)", "missing )", id="regex-whole"),
+        pytest.param(['image~="a[b"'], 1, 9, '(image~="a>|[|<b")', "missing ]", id="regex-quoted"),
         pytest.param([r'i~="\\d("'], 1, 3, r'(i~=>|"|<\\d(")', "missing )", id="regex-escaped"),
     ],
 )
