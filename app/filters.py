@@ -58,7 +58,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
@@ -98,9 +99,31 @@ _MATCHING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="filters")
 _T = TypeVar("_T")
 
 
-async def off_loop(work: Callable[[], _T]) -> _T:
-    """Run `work` (a scan that matches filters over many objects) on the filters' threads."""
-    return await asyncio.get_running_loop().run_in_executor(_MATCHING, work)
+# A scan's time budget. RE2 is linear in the value, but a pattern of counted repeats
+# (`(.{1,1000}.{1,1000}.{1,1000})$`) still costs ~0.1 s per 4 KB value: over 10,000 such
+# labels one list would hold a filter thread for a quarter of an hour, and two would
+# hold up every other regex-filtered list. Past the budget the scan stops with a 400.
+SCAN_SECONDS = 5.0
+
+
+def _scan(items: Iterable[_T], keep: Callable[[_T], bool], budget: float) -> list[_T]:
+    deadline = time.monotonic() + budget
+    kept = []
+    for item in items:
+        if keep(item):
+            kept.append(item)
+        if time.monotonic() > deadline:
+            raise invalid(
+                f"the filter's regular expressions took more than {budget:g} s over these objects; "
+                "simplify the pattern (fewer counted repeats) or narrow the list with == selectors"
+            )
+    return kept
+
+
+async def off_loop(items: Iterable[_T], keep: Callable[[_T], bool], budget: float = SCAN_SECONDS) -> list[_T]:
+    """The items `keep` accepts, in order, matched on the filters' threads (a scan over
+    many objects). Raises INVALID_ARGUMENT once the scan has taken `budget` seconds."""
+    return await asyncio.get_running_loop().run_in_executor(_MATCHING, _scan, items, keep, budget)
 
 # What to write instead, for what RE2 refuses that Python's or PCRE's syntax allows.
 _RE2_HINTS = {
@@ -147,7 +170,7 @@ class Filter:
         milliseconds each; plain comparisons are cheaper than the trip and stay here."""
         if not any(s.regex is not None for sels in self._alternatives for s in sels):
             return [item for item in items if self.matches(field_of(item))]
-        return await off_loop(lambda: [item for item in items if self.matches(field_of(item))])
+        return await off_loop(items, lambda item: self.matches(field_of(item)))
 
     def equalities(self) -> tuple[tuple[Equality, ...], ...]:
         """Per alternative, the `==` selectors' (path, value) pairs: every object that

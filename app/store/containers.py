@@ -231,7 +231,7 @@ class ContainerStore:
             )
             # Off the event loop, on the filters' threads: over 10,000 long labels, parsing
             # heads and matching took up to 0.6 s of it (RE2 releases the GIL as it matches).
-            chosen = await off_loop(lambda: [row["id"] for row in heads if select(_head(row))])
+            chosen = [row["id"] for row in await off_loop(heads, lambda row: select(_head(row)))]
             text, cursor = await self._page_of(namespace, chosen, page)
         if not text:
             await self._require_namespace(namespace)

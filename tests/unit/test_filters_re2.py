@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from app.errors import CargoholdError, ErrorKind
-from app.filters import parse
+from app.filters import FieldGetter, off_loop, parse
 
 
 def matches(expr: str, value: str | None) -> bool:
@@ -69,3 +69,24 @@ def test_catastrophic_backtracking_patterns_run_in_linear_time() -> None:
     for expr in ('v~="^(a+)+$"', 'v~="^(a|aa)+$"', 'v~="^(a*)*$"', 'v~="^(.*a){25}$"'):
         assert not matches(expr, value)
     assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.anyio
+async def test_a_scan_past_its_time_budget_is_a_bad_filter() -> None:
+    """Counted repeats are linear but slow (~0.1 s per 4 KB value): a scan stops at its budget."""
+    slow = parse(['v~="(.{1,1000}.{1,1000}.{1,1000})$"'])
+    values = ["x" * 4096 + str(n) for n in range(200)]
+
+    def field(value: str) -> FieldGetter:
+        return lambda path: value
+
+    started = time.perf_counter()
+    with pytest.raises(CargoholdError) as caught:
+        await off_loop(values, lambda value: slow.matches(field(value)), budget=0.2)
+    assert time.perf_counter() - started < 2.0, "the scan ran past its budget"
+    assert caught.value.kind is ErrorKind.INVALID_ARGUMENT
+    assert "took more than 0.2 s" in caught.value.detail
+    # Within its budget the same scan answers: the cheap pattern over the same values.
+    cheap = parse(['v~="9$"'])
+    kept = await off_loop(values, lambda value: cheap.matches(field(value)), budget=0.2)
+    assert kept == [value for value in values if value.endswith("9")]
