@@ -37,6 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.runtime.seccomp import DEFAULT_PROFILE_PATH, SeccompProfile  # noqa: E402
 from tests.rootfs import write_busybox_tar  # noqa: E402
 
 BASE_URL = "http://cargohold"
@@ -327,6 +328,18 @@ async def w1_run_to_completion(d: Daemon, work: Path, tar: Path, runs: int, repo
     report.add("W1", "runtime path + HTTP floor", "ms",
                summary([a + b for a, b in zip(path_totals, http_totals, strict=True)]), floor,
                "what any daemon driving conmon over this HTTP stack starts from")
+    # The daemon gives every task Docker's default seccomp profile (the spec policy); runc
+    # compiles it at create. The same floor with that profile shows what it costs any runtime.
+    seccomp_bundle = work / "floor-bundle-seccomp"
+    write_bundle(seccomp_bundle, tar, ["/bin/true"], "/cargohold-bench/w1s")
+    config = json.loads((seccomp_bundle / "config.json").read_text())
+    bounding = config["process"]["capabilities"]["bounding"]
+    config["linux"]["seccomp"] = SeccompProfile.load(DEFAULT_PROFILE_PATH).for_capabilities(bounding)
+    (seccomp_bundle / "config.json").write_text(json.dumps(config))
+    bare_runc_run(seccomp_bundle, floor_state, 3)  # warm-up
+    seccomp_floor = [ms(s) for s in bare_runc_run(seccomp_bundle, floor_state, runs)]
+    report.add("W1", "bare runc run with the default seccomp profile", "ms", summary(seccomp_floor), floor,
+               "the floor plus the profile every task gets")
 
 
 async def runtime_path(bundle: Path, work: Path, runs: int) -> dict[str, list[float]]:
