@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import posixpath
 import shutil
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -111,6 +112,9 @@ class TaskService:
         # pidfds of the exec processes being watched: kill_exec signals through them only.
         self._pidfds: dict[Key, int] = {}
         self._cgroup_parent = daemon_cgroup_parent(state)
+        # Adopted tasks whose bundle names another cgroup (made by an earlier version, before
+        # each daemon had a parent of its own): (namespace, id) -> that cgroup, until teardown.
+        self._adopted_cgroups: dict[tuple[str, str], str] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         # Set when the daemon starts to stop: long-polling waits answer 503 then.
         self._stopping = asyncio.Event()
@@ -552,8 +556,17 @@ class TaskService:
             asyncio.to_thread(_remove_task_dir, task_dir),
             *([runtime.delete(runtime_id(namespace, task_id))] if runtime is not None else []),
         )
+        await self._remove_cgroup(namespace, task_id)
+
+    async def _remove_cgroup(self, namespace: str, task_id: str) -> None:
+        """The task's cgroup, and its parents up to this daemon's while they are empty (an
+        earlier version's layout: up to the namespace's)."""
+        adopted = self._adopted_cgroups.pop((namespace, task_id), None)
+        group, up_to = (adopted, posixpath.dirname(adopted)) if adopted else (
+            self._cgroup(namespace, task_id), self._cgroup_parent
+        )
         async with self._cgroup_lock:
-            await asyncio.to_thread(remove_cgroup, self._cgroup(namespace, task_id), self._cgroup_parent)
+            await asyncio.to_thread(remove_cgroup, group, up_to)
 
     async def _on_oom(self, namespace: str, task_id: str, stats: CgroupStats) -> None:
         await self._store.record_oom(namespace, task_id, stats.oom_kill_count or 0, {
@@ -576,8 +589,7 @@ class TaskService:
     async def _shielded_runtime_cleanup(self, runtime: OCIRuntime, namespace: str, task_id: str) -> None:
         async def cleanup() -> None:
             await runtime.delete(runtime_id(namespace, task_id))
-            async with self._cgroup_lock:
-                await asyncio.to_thread(remove_cgroup, self._cgroup(namespace, task_id), self._cgroup_parent)
+            await self._remove_cgroup(namespace, task_id)
 
         await asyncio.shield(cleanup())
 
@@ -652,6 +664,10 @@ class TaskService:
                 with suppress(OSError, ValueError):
                     started = Started(conmon_pid=conmon_pid, pid=int((work_dir / "pid").read_text().strip()))
                     self._keep_pidfd(key, started)
+        if not exec_id:
+            bundled = _bundle_cgroup(self.task_dir(namespace, task_id) / "bundle")
+            if bundled is not None and bundled != self._cgroup(namespace, task_id):
+                self._adopted_cgroups[(namespace, task_id)] = bundled
         # A conmon that ended while we were away is handled as if it had just exited:
         # the watch fires at once when the pid is gone.
         self._watch(namespace, task_id, exec_id, started, record.oom_kills)
@@ -721,7 +737,7 @@ class TaskService:
                 del self._locks[key]
 
     def _cgroup(self, namespace: str, task_id: str) -> str:
-        return task_cgroup(self._cgroup_parent, namespace, task_id)
+        return self._adopted_cgroups.get((namespace, task_id)) or task_cgroup(self._cgroup_parent, namespace, task_id)
 
     async def _live(self, namespace: str, task_id: str) -> TaskRecord:
         """The task, unless it is missing or already exiting (both NOT_FOUND)."""
@@ -761,6 +777,15 @@ def _kill_stray_conmon(task_dir: Path, rid: str) -> None:
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document))
+
+
+def _bundle_cgroup(bundle: Path) -> str | None:
+    """The cgroup the task's runtime was given (`linux.cgroupsPath` of its config.json)."""
+    try:
+        path = json.loads((bundle / "config.json").read_bytes())["linux"]["cgroupsPath"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if isinstance(path, str) and path.startswith("/") else None
 
 
 def _declares_poststop_hooks(bundle: Path) -> bool:
