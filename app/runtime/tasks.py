@@ -524,6 +524,8 @@ class TaskService:
             if watch:
                 watch.close()
             self._forget_pidfd((namespace, task_id, process.exec_id))
+            if process.pid is None:
+                continue  # added but never started: it has no exit to record
             exec_exit = _exit_from_file(
                 self.task_dir(namespace, task_id) / "execs" / process.exec_id / "exit", task_id, process.exec_id,
                 process.pid or 0,

@@ -238,6 +238,19 @@ class TestExec:
         assert (await wait_exec(api, ns_headers, "web", "nap")) == answer.json()
         assert left_behind(runtime_settings, namespace) == {}
 
+    async def test_exec_never_started_has_no_exit(
+        self, api: httpx.AsyncClient, namespace: str, ns_headers: dict[str, str]
+    ) -> None:
+        """An exec added but never started did not run: deleting the task records no exit
+        for it (no made-up status 255), and waiting on it afterwards finds none."""
+        await run(api, ns_headers, "web")
+        await add_exec(api, ns_headers, "web", "idle", ["true"])
+        deleted = await api.delete("/tasks/web", headers=ns_headers)
+        assert deleted.status_code == 200, deleted.text
+        exits = [e["event"] for e in await task_events(api, namespace) if e["topic"] == "/tasks/exit"]
+        assert [e["id"] for e in exits] == ["web"], exits  # an exec's exit carries its exec id as `id`
+        problem(await api.post("/tasks/web/processes/idle/wait", headers=ns_headers), 404)
+
     async def test_bad_body(self, api: httpx.AsyncClient, ns_headers: dict[str, str]) -> None:
         await run(api, ns_headers, "web")
         for case, content, status in REFUSED_EXECS:
