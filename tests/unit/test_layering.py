@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 APP = Path(__file__).resolve().parents[2] / "app"
-SERVICES = {"containers", "namespaces", "events", "daemon", "snapshots", "runtime", "monitor"}
+SERVICES = {"containers", "namespaces", "events", "daemon", "snapshots", "runtime", "monitor", "policy", "images"}
 
 
 def imports_of(path: Path) -> set[str]:
