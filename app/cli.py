@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
         "--import-concurrency", type=int, default=4, metavar="N", help="imports extracted at once (threads)"
     )
     serve.add_argument(
+        "--insecure-registry", action="append", default=[], metavar="HOST:PORT",
+        help="a registry spoken to over plain HTTP (no TLS); repeatable",
+    )
+    serve.add_argument(
+        "--registry-ca", type=Path, metavar="DIR",
+        help="a directory of CA certificates (*.crt, *.pem) trusted for registries, beside the system's",
+    )
+    serve.add_argument(
         "--log-max-size", type=int, default=16 * 1024 * 1024, metavar="BYTES",
         help="a task's log is truncated by conmon when it reaches this size",
     )
@@ -149,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_idle_timeout=args.import_idle_timeout,
         import_concurrency=args.import_concurrency,
         log_max_bytes=args.log_max_size,
+        insecure_registries=tuple(args.insecure_registry),
+        registry_ca_dir=args.registry_ca,
         monitor_interval=args.monitor_interval,
         **_limit_settings(args),
         allowed_bind_roots=tuple(path.resolve() for path in args.allow_bind),

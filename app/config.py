@@ -78,6 +78,11 @@ class Settings:
     # Threads extracting imports (their own executor: stalled uploads never hold the
     # default executor's threads); further imports wait for one.
     import_concurrency: int = 4
+    # Registries (host:port, as in image references) spoken to over plain HTTP, as Docker's
+    # --insecure-registry; every other registry needs TLS.
+    insecure_registries: tuple[str, ...] = ()
+    # A directory of CA certificates (*.crt, *.pem) trusted for registries, beside the system's.
+    registry_ca_dir: Path | None = None
     # conmon truncates a task's log when it reaches this size.
     log_max_bytes: int = 16 * 1024 * 1024
     # Exits kept per namespace for `wait` after the fact: the newest N, none older than the age.

@@ -18,7 +18,10 @@ from datetime import timedelta
 from . import __version__
 from .config import Settings
 from .containers import ContainerService
+from .content import ContentStore
 from .events import EventBus, EventService
+from .images.registry import RegistryClient
+from .images.service import ImageService
 from .models import Event, VersionInfo
 from .monitor.cgroups import detect_mode
 from .monitor.monitor import Monitor
@@ -34,6 +37,7 @@ from .snapshots.service import ImportLimits, SnapshotService, Snapshotter
 from .store.containers import ContainerStore
 from .store.db import Database
 from .store.events import EventStore
+from .store.images import ImageStore
 from .store.namespaces import NamespaceStore
 from .store.snapshots import SnapshotStore
 from .store.tasks import TaskStore
@@ -50,6 +54,7 @@ class Daemon:
     namespaces: NamespaceService
     containers: ContainerService
     snapshots: SnapshotService
+    images: ImageService
     tasks: TaskService
     monitor: Monitor
     events: EventService
@@ -81,6 +86,9 @@ async def open_daemon(
         stack.callback(snapshots.close)
         snapshots.snapshotter(default_snapshotter)  # refuse an unknown --snapshotter at start
         container_store = ContainerStore(db, default_snapshotter)
+        registry = RegistryClient(ca_dir=settings.registry_ca_dir, insecure_registries=settings.insecure_registries)
+        stack.push_async_callback(registry.aclose)
+        images = ImageService(ImageStore(db), ContentStore(settings.root / "content"), registry, snapshots)
         runtimes, conmon, missing = find_runtimes(settings)
         mode = detect_mode()
         monitor = Monitor(mode, settings.monitor_interval, observe_poll)
@@ -112,8 +120,9 @@ async def open_daemon(
             settings=settings,
             bus=bus,
             namespaces=NamespaceService(NamespaceStore(db)),
-            containers=ContainerService(container_store, snapshots, tasks, policy),
+            containers=ContainerService(container_store, snapshots, tasks, policy, images),
             snapshots=snapshots,
+            images=images,
             tasks=tasks,
             monitor=monitor,
             events=EventService(EventStore(db), bus),

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from . import __version__
-from .api import containers, events, namespaces, snapshots, system, tasks
+from .api import containers, events, images, namespaces, snapshots, system, tasks
 from .api.middleware import BodyLimitMiddleware, EncodedSlashMiddleware, TokenAuthMiddleware
 from .api.problems import add_problem_handlers, document_problems
 from .config import Settings
@@ -67,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = registry
     app.state.metrics = metrics
     add_problem_handlers(app)
-    for module in (containers, namespaces, snapshots, tasks, events, system):
+    for module in (containers, namespaces, snapshots, images, tasks, events, system):
         app.include_router(module.router)
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(EncodedSlashMiddleware)

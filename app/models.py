@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .identifiers import IDENTIFIER_PATTERN, MAX_IDENTIFIER_LENGTH, identifier_problem, labels_problem
 
@@ -103,20 +103,47 @@ class Runtime(_Input):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class ContainerFields(_Input):
-    """The mutable part of a container: what a create sets and a merge-patch may change."""
-
+class _ContainerMembers(_Input):
     labels: Labels = Field(default_factory=dict)
     image: str = ""
     runtime: Runtime = Field(default_factory=Runtime)
-    spec: OCISpec
     snapshotter: str | None = Field(default=None, description="default: the daemon's snapshotter")
     snapshot_key: str = Field(default="", description="the root filesystem snapshot; empty: none")
     extensions: dict[str, Any] = Field(default_factory=dict)
 
 
-class ContainerCreate(ContainerFields):
+class ContainerFields(_ContainerMembers):
+    """The mutable part of a container: what a create sets and a merge-patch may change."""
+
+    spec: OCISpec
+
+
+class ProcessOverride(_Input):
+    """What `POST /containers` changes of the process the spec (or the image) gives."""
+
+    args: list[str] | None = Field(default=None, min_length=1, description="the whole argv (as `ctr run`)")
+    env: list[str] | None = Field(default=None, description="NAME=value entries, replacing those of the same NAME")
+    cwd: str | None = None
+    user: OCIUser | None = None
+    terminal: bool | None = None
+
+
+class ContainerCreate(_ContainerMembers):
     id: Identifier
+    spec: OCISpec | None = Field(
+        default=None,
+        validate_default=True,
+        description="required unless `image` names a pulled image: then, with no spec, it is built from the "
+        "image config (entrypoint + cmd, env, working dir, user) over the daemon's defaults",
+    )
+    process: ProcessOverride | None = Field(default=None, description="overrides of the spec's process")
+
+    @field_validator("spec")
+    @classmethod
+    def _spec_or_image(cls, spec: OCISpec | None, info: ValidationInfo) -> OCISpec | None:
+        if spec is None and not info.data.get("image"):
+            raise ValueError("Field required (unless image names a pulled image to build the spec from)")
+        return spec
 
 
 class Container(BaseModel):
@@ -253,6 +280,58 @@ class Snapshot(BaseModel):
 class SnapshotList(BaseModel):
     snapshots: list[Snapshot]
     next_cursor: str | None = _NEXT_CURSOR
+
+
+# --- Images ----------------------------------------------------------------------
+
+
+class Descriptor(BaseModel):
+    """An OCI content descriptor: what an image name points at."""
+
+    media_type: str
+    digest: str
+    size: int
+
+
+class Image(BaseModel):
+    name: str = Field(description="a normalized reference, e.g. docker.io/library/busybox:latest")
+    target: Descriptor = Field(description="the index or manifest the name points at")
+    labels: dict[str, str]
+    size: int = Field(description="bytes of the blobs pulled: the index (if any), and the manifest, config and "
+                      "layers of the platform pulled")
+    platforms: list[str] = Field(description="the platforms the target offers (os/architecture[/variant])")
+    config_digest: str | None = Field(description="the image config of the platform pulled")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ImageList(BaseModel):
+    images: list[Image]
+    next_cursor: str | None = _NEXT_CURSOR
+
+
+class RegistryCredentials(_Input):
+    """Basic credentials, or a bearer token; never stored, logged or echoed."""
+
+    username: str | None = None
+    password: str | None = Field(default=None, json_schema_extra={"writeOnly": True})
+    token: str | None = Field(default=None, json_schema_extra={"writeOnly": True})
+
+
+class ImagePull(_Input):
+    reference: str = Field(description="e.g. busybox, 127.0.0.1:5000/library/busybox:latest, name@sha256:...")
+    platform: str | None = Field(default=None, description="os/architecture[/variant]; default: the host's")
+    unpack: bool = Field(default=True, description="unpack the layers as committed snapshots")
+    snapshotter: str | None = Field(default=None, description="default: the daemon's snapshotter")
+    plain_http: bool = Field(default=False, description="speak plain HTTP to the registry (no TLS)")
+    credentials: RegistryCredentials | None = None
+
+
+class ImagePatch(_Input):
+    """A JSON merge patch of an image: only its labels change (`null` deletes one)."""
+
+    name: str | None = Field(default=None, description="may be given, but must be the current name")
+    labels: dict[str, str | None] | None = None
 
 
 class Mount(BaseModel):

@@ -13,6 +13,7 @@ from ..containers import ContainerService
 from ..daemon import Daemon
 from ..events import EventService
 from ..identifiers import IDENTIFIER_PATTERN, validate_identifier
+from ..images.service import ImageService
 from ..models import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, PageRequest
 from ..namespaces import NamespaceService
 from ..runtime.tasks import TaskService
@@ -46,6 +47,10 @@ async def get_snapshots(daemon: DaemonDep) -> SnapshotService:
     return daemon.snapshots
 
 
+async def get_images(daemon: DaemonDep) -> ImageService:
+    return daemon.images
+
+
 async def get_tasks(daemon: DaemonDep) -> TaskService:
     return daemon.tasks
 
@@ -74,6 +79,7 @@ Namespaces = Annotated[NamespaceService, Depends(get_namespaces)]
 Events = Annotated[EventService, Depends(get_events)]
 Snapshots = Annotated[SnapshotService, Depends(get_snapshots)]
 Tasks = Annotated[TaskService, Depends(get_tasks)]
+Images = Annotated[ImageService, Depends(get_images)]
 
 
 async def namespace_header(

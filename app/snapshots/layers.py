@@ -1,7 +1,7 @@
 """Applying a tar layer to a directory: streamed, bounded, confined to the root, honouring
 whiteouts. It knows nothing of HTTP: it takes a byte stream, a target and limits.
 
-The stream may be plain, gzip, bzip2 or xz (sniffed from its first bytes); the tar in it
+The stream may be plain, gzip, bzip2, xz or zstd (sniffed from its first bytes); the tar in it
 is read sequentially, so a layer of any size needs only a small buffer. Limits:
 
 - the decompressed tar may hold `LayerLimits.max_bytes` (a gzip bomb stops there);
@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+import zstandard
+
 from ..errors import CargoholdError, ErrorKind, invalid
 
 WHITEOUT_PREFIX = ".wh."
@@ -103,9 +105,14 @@ def is_private(path: Path) -> bool:
     return False
 
 
-def apply_layer(stream: BinaryIO | IO[bytes], target: Path, limits: LayerLimits) -> int:
+def apply_layer(stream: BinaryIO | IO[bytes], target: Path, limits: LayerLimits,
+                diff: hashlib._Hash | None = None) -> int:
     """Extract the (possibly compressed) tar read from `stream` into `target`; return the
     number of members.
+
+    With `diff`, every decompressed byte is fed to it, the tar's trailing padding included
+    (read to the end of the stream): it then holds the layer's diff id, which the caller
+    checks against the image config's `rootfs.diff_ids`.
 
     Raises INVALID_ARGUMENT for an unsafe member, a member that does not fit the tree, or
     a truncated or unreadable tar; TOO_LARGE past a limit. What was written before the
@@ -113,15 +120,31 @@ def apply_layer(stream: BinaryIO | IO[bytes], target: Path, limits: LayerLimits)
     root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         extraction = _Extraction(root, limits)
-        with tarfile.open(fileobj=_decompressed(stream, limits.max_bytes), mode="r|", tarinfo=_StrictTarInfo) as tar:
+        counted = _decompressed(stream, limits.max_bytes, diff)
+        decompressed = io.BufferedReader(counted, 1 << 16)
+        with tarfile.open(fileobj=decompressed, mode="r|", tarinfo=_StrictTarInfo) as tar:
+            end_of_last = 0
             while True:
                 tar._cargohold_chain = 0  # type: ignore[attr-defined]
-                member = tar.next()
+                try:
+                    member = tar.next()
+                except tarfile.ReadError:
+                    # The stream ended right after the last member's data, without its padding
+                    # or the end-of-archive blocks: Go's archive/tar (so containerd, Docker)
+                    # reads that as a clean end, and umoci writes such layers. Data cut short
+                    # is still refused (reading it fails first).
+                    if end_of_last and counted.total == end_of_last and counted.ended:
+                        break
+                    raise
                 if member is None:
                     break
+                end_of_last = member.offset_data + (member.size if member.isreg() else 0)
                 # tarfile remembers every member of a stream; nothing here needs them.
                 tar.members.clear()  # type: ignore[attr-defined]
                 extraction.apply(tar, member)
+            if diff is not None:
+                while decompressed.read(_COPY_CHUNK):
+                    pass  # hashed (and bounded) by _Counted as it is read
         extraction.finish()
         return extraction.members
     except CargoholdError:
@@ -141,7 +164,7 @@ def apply_layer(stream: BinaryIO | IO[bytes], target: Path, limits: LayerLimits)
 # --- the stream: decompressed, counted ---------------------------------------------------
 
 
-def _decompressed(stream: BinaryIO | IO[bytes], max_bytes: int) -> IO[bytes]:
+def _decompressed(stream: BinaryIO | IO[bytes], max_bytes: int, diff: hashlib._Hash | None = None) -> _Counted:
     head = b""
     while len(head) < 6:
         more = stream.read(6 - len(head))
@@ -160,9 +183,12 @@ def _decompressed(stream: BinaryIO | IO[bytes], max_bytes: int) -> IO[bytes]:
     elif compression == "xz":
         source = lzma.LZMAFile(joined)
     else:
-        raise invalid("the body is zstd-compressed; import takes a plain, gzip, bzip2 or xz tar")
+        # Across frames, as zstd(1) and containerd read a layer; the window is bounded by the
+        # library's default (128 MiB), so a frame cannot ask for unbounded memory.
+        checked = io.BufferedReader(_ZstdFramed(joined), 1 << 16)
+        source = cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(checked, read_across_frames=True))
     # The stream's own bytes are counted too: empty gzip members decompress to nothing.
-    return io.BufferedReader(_Counted(source, compression or "plain", max_bytes), 1 << 16)
+    return _Counted(source, compression or "plain", max_bytes, diff)
 
 
 class _Joined(io.RawIOBase):
@@ -188,30 +214,110 @@ class _Joined(io.RawIOBase):
         return len(data)
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _ZstdFramed(io.RawIOBase):
+    """The compressed bytes, passed through while their zstd frames are walked (RFC 8878:
+    frame headers and block headers, skipping block contents), so a stream that ends inside
+    a frame is refused: the zstandard library reads such a stream as a clean, short end."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+        self._state = "magic"
+        self._need = 4  # bytes the state reads, gathered in _held
+        self._held = bytearray()
+        self._skip = 0  # bytes of block content (or a skippable frame) to pass over
+        self._checksum = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = getattr(self._source, "read1", self._source.read)(len(buffer))
+        if not data:
+            if self._skip or self._held or self._state != "magic":
+                raise invalid("the body's zstd data is truncated: it ends inside a frame")
+            return 0
+        self._walk(memoryview(data))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _walk(self, data: memoryview) -> None:
+        i = 0
+        while i < len(data):
+            if self._skip:
+                step = min(self._skip, len(data) - i)
+                self._skip -= step
+                i += step
+                continue
+            step = min(self._need - len(self._held), len(data) - i)
+            self._held += data[i:i + step]
+            i += step
+            if len(self._held) == self._need:
+                field, self._held = bytes(self._held), bytearray()
+                self._advance(field)
+
+    def _advance(self, field: bytes) -> None:
+        if self._state == "magic":
+            if field == _ZSTD_MAGIC:
+                self._state, self._need = "descriptor", 1
+            elif field[1:] == b"\x2a\x4d\x18" and field[0] & 0xF0 == 0x50:  # a skippable frame
+                self._state, self._need = "skippable", 4
+            else:
+                raise invalid("the body's zstd data is broken: a frame does not start with zstd's magic number")
+        elif self._state == "skippable":
+            self._skip = int.from_bytes(field, "little")
+            self._state, self._need = "magic", 4
+        elif self._state == "descriptor":
+            descriptor = field[0]
+            single_segment = bool(descriptor & 0x20)
+            content_size = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+            self._checksum = bool(descriptor & 0x04)
+            rest = (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 0x03] + content_size
+            self._state, self._need = "block", 3
+            self._skip = rest
+        else:  # a block header: last flag, type, size
+            header = int.from_bytes(field, "little")
+            kind, size = (header >> 1) & 0x03, header >> 3
+            if kind == 3:
+                raise invalid("the body's zstd data is broken: a block has the reserved type")
+            self._skip = 1 if kind == 1 else size  # an RLE block holds one byte
+            if header & 1:  # the frame's last block
+                self._skip += 4 if self._checksum else 0
+                self._state, self._need = "magic", 4
+
+
 class _Counted(io.RawIOBase):
     """Decompressed bytes, refused past `limit`; a broken compression is the body's fault."""
 
-    def __init__(self, source: IO[bytes], compression: str, limit: int) -> None:
+    def __init__(self, source: IO[bytes], compression: str, limit: int, diff: hashlib._Hash | None) -> None:
         self._source = source
         self._compression = compression
         self._limit = limit
-        self._total = 0
+        self.total = 0
+        self.ended = False  # the source has said end of stream
+        self._diff = diff
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         try:
-            wanted = min(len(buffer), self._limit + 1 - self._total) or 1
+            wanted = min(len(buffer), self._limit + 1 - self.total) or 1
             data = getattr(self._source, "read1", self._source.read)(wanted)
-        except (OSError, EOFError, zlib.error, lzma.LZMAError) as error:
+        except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as error:
             raise invalid(f"the body's {self._compression} data is broken or truncated: {error}") from error
-        self._total += len(data)
-        if self._total > self._limit:
+        if not data:
+            self.ended = True
+        self.total += len(data)
+        if self.total > self._limit:
             raise CargoholdError(
                 ErrorKind.TOO_LARGE,
                 f"the tar is larger than the {self._limit}-byte import limit once decompressed",
             )
+        if self._diff is not None:
+            self._diff.update(data)
         buffer[: len(data)] = data
         return len(data)
 

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
 import io
 import logging
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from ..config import Settings
+from ..content.digests import hasher, validate_digest
 from ..errors import CargoholdError, ErrorKind, invalid
 from ..identifiers import validate_identifier
 from ..models import FIRST_PAGE, Mount, Page, PageRequest, Snapshot, SnapshotCommit, SnapshotCreate, SnapshotKind, Usage
@@ -165,6 +167,45 @@ class SnapshotService:
         long), TOO_LARGE (bytes, decompressed bytes, entries, a header), ALREADY_EXISTS,
         VALIDATION (bad parent). On any error nothing is left: no data dir, mount or row."""
         validate_identifier("snapshot name", name)
+        return await self._import(namespace, snapshotter_name, name, parent, body, None)
+
+    async def import_layer(
+        self,
+        namespace: str,
+        snapshotter_name: str | None,
+        chain_id: str,
+        parent: str | None,
+        body: AsyncIterator[bytes],
+        diff_id: str,
+    ) -> tuple[Snapshot, bool]:
+        """An image layer as the committed snapshot named by its chain id (`sha256:...`), over
+        the committed `parent` chain id; through the same import as `import_tar`, and
+        refused (INVALID_ARGUMENT, nothing left) when the decompressed tar's digest is not
+        `diff_id`. Returns the snapshot and whether it was made now: one already there
+        (unpacked before, or by a concurrent pull that won the race) is reused as it is."""
+        validate_digest(chain_id)
+        snapshotter = self.snapshotter(snapshotter_name)
+        try:
+            return (await self._store.get(namespace, snapshotter.name, chain_id)).snapshot, False
+        except CargoholdError as error:
+            if error.kind is not ErrorKind.NOT_FOUND:
+                raise
+        try:
+            return await self._import(namespace, snapshotter.name, chain_id, parent, body, diff_id), True
+        except CargoholdError as raced:
+            if raced.kind is not ErrorKind.ALREADY_EXISTS:
+                raise
+        return (await self._store.get(namespace, snapshotter.name, chain_id)).snapshot, False
+
+    async def _import(
+        self,
+        namespace: str,
+        snapshotter_name: str | None,
+        name: str,
+        parent: str | None,
+        body: AsyncIterator[bytes],
+        diff_id: str | None,
+    ) -> Snapshot:
         snapshotter = self.snapshotter(snapshotter_name)
         parents = await self._parent_dirs(namespace, snapshotter.name, parent)
         data = self._new_data_dir(snapshotter.name)
@@ -174,7 +215,7 @@ class SnapshotService:
             target.mkdir()
             await asyncio.to_thread(mount_all, snapshotter.mounts(data, parents, SnapshotKind.ACTIVE), target)
             try:
-                await self._stream_into(body, target, data)
+                await self._stream_into(body, target, data, diff_id)
             finally:
                 await asyncio.shield(asyncio.to_thread(_unmount_and_remove, target))
             await asyncio.get_running_loop().run_in_executor(self._imports, _sync_filesystem, data)
@@ -237,13 +278,15 @@ class SnapshotService:
             )
         return [self._path(record.data_dir) for record in chain]
 
-    async def _stream_into(self, body: AsyncIterator[bytes], target: Path, data: Path) -> None:
+    async def _stream_into(self, body: AsyncIterator[bytes], target: Path, data: Path, diff_id: str | None) -> None:
         """Feed the request body to `apply_layer` running on the import executor, through a
-        bounded pipe: memory stays at a few chunks whatever the size of the tar."""
+        bounded pipe: memory stays at a few chunks whatever the size of the tar. With
+        `diff_id`, the decompressed tar must have that digest (INVALID_ARGUMENT if not)."""
         limits = self._limits
         pipe = _ChunkPipe(asyncio.get_running_loop())
+        diff = hasher(diff_id) if diff_id is not None else None
         extraction = asyncio.get_running_loop().run_in_executor(
-            self._imports, _extract, io.BufferedReader(pipe, 1 << 16), target, data, limits
+            self._imports, _extract, io.BufferedReader(pipe, 1 << 16), target, data, limits, diff
         )
         extraction.add_done_callback(lambda _: pipe.close_reader())
         chunks = aiter(body)
@@ -269,6 +312,9 @@ class SnapshotService:
                 if not await pipe.put(chunk):
                     break  # the extraction has stopped: its outcome says why
             await extraction
+            if diff is not None and f"{diff.name}:{diff.hexdigest()}" != diff_id:
+                raise invalid(f"the layer's uncompressed content has digest {diff.name}:{diff.hexdigest()}, "
+                              f"but the image config says its diff id is {diff_id}; nothing was unpacked")
         finally:
             pipe.abort()
             # The thread cannot be cancelled; wait for it so nothing writes after cleanup.
@@ -277,10 +323,10 @@ class SnapshotService:
                 extraction.exception()  # retrieved: the error that matters is already raised
 
 
-def _extract(stream: IO[bytes], target: Path, data: Path, limits: ImportLimits) -> int:
+def _extract(stream: IO[bytes], target: Path, data: Path, limits: ImportLimits, diff: hashlib._Hash | None) -> int:
     # Device nodes only where no other user can reach them (the snapshots dir is 0700).
     layer = LayerLimits(limits.max_bytes, limits.max_entries, devices=is_private(data))
-    return apply_layer(stream, target, layer)
+    return apply_layer(stream, target, layer, diff)
 
 
 def _sync_filesystem(data: Path) -> None:

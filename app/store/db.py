@@ -156,6 +156,24 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     _containers_as_documents,
     # The OOM kills of a task already published (/tasks/oom), so a restart does not publish them again.
     "ALTER TABLE tasks ADD COLUMN oom_kills INTEGER NOT NULL DEFAULT 0",
+    # Images (issue 13): a name -> a target descriptor in the content store. size, platforms and
+    # config_digest are what the pull found, kept so a list reads no blob.
+    """
+    CREATE TABLE images (
+        namespace         TEXT NOT NULL REFERENCES namespaces(name) ON DELETE RESTRICT,
+        name              TEXT NOT NULL,
+        target_media_type TEXT NOT NULL,
+        target_digest     TEXT NOT NULL,
+        target_size       INTEGER NOT NULL,
+        labels            TEXT NOT NULL,
+        size              INTEGER NOT NULL,
+        platforms         TEXT NOT NULL,
+        config_digest     TEXT,
+        created_at        TEXT NOT NULL,
+        updated_at        TEXT NOT NULL,
+        PRIMARY KEY (namespace, name)
+    );
+    """,
 )
 
 

@@ -96,7 +96,7 @@ class NamespaceStore:
             if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
                 raise namespace_not_found(name)
             held = []
-            for table, noun in (("containers", "container"), ("snapshots", "snapshot")):
+            for table, noun in (("containers", "container"), ("snapshots", "snapshot"), ("images", "image")):
                 row = tx.one(f"SELECT count(*) AS n FROM {table} WHERE namespace = ?", name)
                 if row is not None and row["n"]:
                     held.append(f"{row['n']} {noun}(s)")

@@ -51,6 +51,8 @@ RUN_TIMEOUT = 300.0
 # Phases that must have sent requests to every operation (examples only run where the
 # description has examples).
 GENERATING_PHASES = ("coverage", "fuzzing")
+# Left out in schemathesis.toml: a pull would reach registries beyond 127.0.0.1.
+NOT_FUZZED = "^pull_image$"
 # The task the second run aims at, in the default namespace (the header's default).
 TASK_ID = "fuzz"
 EXEC_ID = "fuzz-exec"
@@ -249,7 +251,7 @@ def _assert_all_tested(output: str, report: Path, operations: set[str]) -> None:
 @pytest.mark.runtime
 def test_every_operation_survives_fuzzing(live_daemon: LiveDaemon, tmp_path: Path) -> None:
     output, report = _run_schemathesis(live_daemon, tmp_path, CONFIG)
-    _assert_all_tested(output, report, _documented_operations())
+    _assert_all_tested(output, report, _documented_operations(skipped_ids=NOT_FUZZED))
 
 
 def _start_target_task(daemon: LiveDaemon, tmp_path: Path) -> None:

@@ -382,7 +382,7 @@ class TestLimits:
         assert refused.value.kind is ErrorKind.TOO_LARGE
 
     @pytest.mark.parametrize("body", [
-        pytest.param(b"\x28\xb5\x2f\xfd" + bytes(100), id="zstd"),
+        pytest.param(b"\x28\xb5\x2f\xfd" + bytes(100), id="zstd_garbage"),
         pytest.param(gzip.compress(tar(reg("f", b"x" * 5000)))[:-200], id="gzip_truncated"),
         pytest.param(b"\x1f\x8b" + b"garbage" * 100, id="gzip_garbage"),
         pytest.param(bytes(100), id="short_header"),
