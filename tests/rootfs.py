@@ -51,3 +51,14 @@ def write_busybox_tar(destination: Path) -> Path:
         for name, content in files.items():
             archive.addfile(tar_entry(name, tarfile.REGTYPE, 0o644, size=len(content)), io.BytesIO(content))
     return destination
+
+
+def files_tar(files: dict[str, bytes]) -> bytes:
+    """A PAX tar holding `files` (name -> content) as regular files of mode 0644."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import io
 import json
-import tarfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +27,7 @@ from app.models import Mount
 from app.snapshots.mounts import mount_all, unmount
 from tests.conftest import in_process_client, running_server, uds_client
 from tests.images.conftest import PASSWORD, REPOSITORY, USERNAME, HttpServer, Registry, Reply, Seen
+from tests.rootfs import files_tar
 
 pytestmark = [pytest.mark.anyio, pytest.mark.registry]
 
@@ -105,14 +104,6 @@ def diff_ids_of(registry: Registry, tag: str, repository: str = REPOSITORY) -> l
     return diff_ids
 
 
-def layer_tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def push_image(registry: Registry, repository: str, tag: str, layers: list[tuple[bytes, bytes, str]],
@@ -233,9 +224,9 @@ class TestPull:
 
     async def test_zstd_and_plain_layers(self, api: httpx.AsyncClient, headers: dict[str, str],
                                          registry: Registry, tmp_path: Path) -> None:
-        first = layer_tar({"etc/zstd": b"compressed with zstd\n"})
-        second = layer_tar({"etc/plain": b"not compressed\n"})
-        third = layer_tar({"etc/gzip": b"gzip\n"})
+        first = files_tar({"etc/zstd": b"compressed with zstd\n"})
+        second = files_tar({"etc/plain": b"not compressed\n"})
+        third = files_tar({"etc/gzip": b"gzip\n"})
         push_image(registry, "test/zstd", "v1", [
             (first, zstandard.ZstdCompressor().compress(first), OCI_LAYER_ZSTD),
             (second, second, "application/vnd.oci.image.layer.v1.tar"),
@@ -272,7 +263,7 @@ class TestPullFailures:
 
     async def test_layer_with_other_bytes_is_400_and_leaves_no_image(
             self, api: httpx.AsyncClient, headers: dict[str, str], registry: Registry, settings: Settings) -> None:
-        tar = layer_tar({"etc/corrupt": b"x" * 1000})
+        tar = files_tar({"etc/corrupt": b"x" * 1000})
         blob = gzip.compress(tar)
         push_image(registry, "test/corrupt", "v1", [(tar, blob, OCI_LAYER_GZIP)])
         digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
@@ -289,7 +280,7 @@ class TestPullFailures:
 
     async def test_diff_id_mismatch_is_400_and_unpacks_nothing(
             self, api: httpx.AsyncClient, headers: dict[str, str], registry: Registry) -> None:
-        tar = layer_tar({"etc/lies": b"the config lies about me\n"})
+        tar = files_tar({"etc/lies": b"the config lies about me\n"})
         push_image(registry, "test/diffid", "v1", [(tar, gzip.compress(tar), OCI_LAYER_GZIP)],
                    diff_ids=["sha256:" + "ab" * 32])
         response = await pull(api, headers, f"{registry.host}/test/diffid:v1")
@@ -302,7 +293,7 @@ class TestPullFailures:
 
     async def test_unknown_layer_media_type_is_400(self, api: httpx.AsyncClient, headers: dict[str, str],
                                                    registry: Registry) -> None:
-        tar = layer_tar({"x": b"x"})
+        tar = files_tar({"x": b"x"})
         push_image(registry, "test/weird", "v1", [(tar, tar, "application/x-weird")])
         response = await pull(api, headers, f"{registry.host}/test/weird:v1")
         assert response.status_code == 400
@@ -481,7 +472,7 @@ class TestPullAbandoned:
     async def test_closing_the_progress_stream_abandons_the_pull(self, settings: Settings, tmp_path: Path) -> None:
         """A registry that takes 3 s over the layer: the client leaves after `resolved`, and
         3 s later there is still no image (the pull was cancelled, not finished behind it)."""
-        tar = layer_tar({"etc/slow": b"slow\n"})
+        tar = files_tar({"etc/slow": b"slow\n"})
         blob = gzip.compress(tar)
         config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
             "type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(tar).hexdigest()}"]}}).encode()

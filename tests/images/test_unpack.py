@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import io
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,11 @@ import zstandard
 from app.errors import CargoholdError, ErrorKind
 from app.images.unpack import chain_ids
 from app.snapshots.layers import LayerLimits, apply_layer
+from tests.rootfs import files_tar
 
 LIMITS = LayerLimits(max_bytes=1 << 30, max_entries=1000)
 
 
-def layer(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def sha256(data: bytes) -> str:
@@ -50,7 +42,7 @@ def test_chain_ids_follow_the_oci_definition() -> None:
                  + zstandard.ZstdCompressor().compress(data[1000:]), id="zstd_frames"),
 ])
 def test_layer_applies_and_its_diff_id_covers_every_byte(tmp_path: Path, compress: object) -> None:
-    tar = layer({"etc/hello": b"hello\n" * 300, "etc/other": b"x"})
+    tar = files_tar({"etc/hello": b"hello\n" * 300, "etc/other": b"x"})
     hashed = hashlib.sha256()
     assert callable(compress)
     assert apply_layer(io.BytesIO(compress(tar)), tmp_path, LIMITS, hashed) == 2
@@ -60,7 +52,7 @@ def test_layer_applies_and_its_diff_id_covers_every_byte(tmp_path: Path, compres
 
 
 def test_zstd_bomb_stops_at_the_limit(tmp_path: Path) -> None:
-    bomb = zstandard.ZstdCompressor().compress(layer({"big": bytes(4 << 20)}))
+    bomb = zstandard.ZstdCompressor().compress(files_tar({"big": bytes(4 << 20)}))
     with pytest.raises(CargoholdError) as refused:
         apply_layer(io.BytesIO(bomb), tmp_path, LayerLimits(max_bytes=1 << 20, max_entries=10))
     assert refused.value.kind is ErrorKind.TOO_LARGE
@@ -70,7 +62,7 @@ def test_zstd_bomb_stops_at_the_limit(tmp_path: Path) -> None:
 def test_truncated_zstd_is_invalid(tmp_path: Path, cut: int) -> None:
     """zstandard reads a stream cut inside a frame as a short, clean end; the frame walk does not."""
     files = {f"f{i}": os.urandom(2000) + b"z" * 30_000 for i in range(8)}  # several blocks
-    data = zstandard.ZstdCompressor(write_checksum=True).compress(layer(files))
+    data = zstandard.ZstdCompressor(write_checksum=True).compress(files_tar(files))
     with pytest.raises(CargoholdError) as refused:
         apply_layer(io.BytesIO(data[:cut]), tmp_path, LIMITS)
     assert refused.value.kind is ErrorKind.INVALID_ARGUMENT
@@ -78,7 +70,7 @@ def test_truncated_zstd_is_invalid(tmp_path: Path, cut: int) -> None:
 
 
 def test_zstd_after_a_skippable_frame(tmp_path: Path) -> None:
-    tar = layer({"f": b"data"})
+    tar = files_tar({"f": b"data"})
     skippable = b"\x50\x2a\x4d\x18" + (3).to_bytes(4, "little") + b"abc"
     # A skippable frame first would hide the magic number from the sniffing: it comes second.
     data = zstandard.ZstdCompressor().compress(tar) + skippable
@@ -89,7 +81,7 @@ def test_zstd_after_a_skippable_frame(tmp_path: Path) -> None:
 def test_tar_ending_right_after_the_last_data_is_read_as_go_does(tmp_path: Path) -> None:
     """umoci writes such layers (no padding after the last file, no end blocks); Go's
     archive/tar, so containerd, reads them as ended."""
-    tar = layer({"a": b"first", "etc/hello": b"hello\n"})
+    tar = files_tar({"a": b"first", "etc/hello": b"hello\n"})
     cut = tar[:512 * 3 + 6]  # a's header and data block, etc/hello's header and its 6 bytes
     assert cut.endswith(b"hello\n")
     hashed = hashlib.sha256()
@@ -100,7 +92,7 @@ def test_tar_ending_right_after_the_last_data_is_read_as_go_does(tmp_path: Path)
 
 @pytest.mark.parametrize("keep", [512 * 3 + 3, 512 * 2 + 100, 512 + 2])
 def test_tar_cut_inside_a_member_is_still_refused(tmp_path: Path, keep: int) -> None:
-    tar = layer({"a": b"first", "etc/hello": b"hello\n"})
+    tar = files_tar({"a": b"first", "etc/hello": b"hello\n"})
     with pytest.raises(CargoholdError) as refused:
         apply_layer(io.BytesIO(tar[:keep]), tmp_path, LIMITS)
     assert refused.value.kind is ErrorKind.INVALID_ARGUMENT
