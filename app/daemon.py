@@ -29,6 +29,7 @@ from .namespaces import NamespaceService
 from .ondisk import secure_layout
 from .policy import SpecPolicy, load_seccomp
 from .runtime.conmon import Conmon
+from .runtime.logs import TaskLogs
 from .runtime.oci import OCIRuntime
 from .runtime.tasks import TaskService
 from .snapshots.native import NativeSnapshotter
@@ -105,7 +106,7 @@ async def open_daemon(
             container_store,
             snapshots,
             state=settings.state,
-            logs=settings.root / "logs",
+            logs=TaskLogs(settings.root / "logs"),
             runtimes=runtimes,
             conmon=conmon,
             missing=missing,

@@ -347,6 +347,7 @@ async def runtime_path(bundle: Path, work: Path, runs: int) -> dict[str, list[fl
     OCIRuntime on the floor's bundle. W1 minus this is what the daemon adds (HTTP,
     SQLite, the snapshot, the bundle, the rootfs mount, the teardown's other parts)."""
     from app.runtime.conmon import Conmon, ExitWatch
+    from app.runtime.layout import ProcessFiles
     from app.runtime.oci import OCIRuntime
 
     runtime = OCIRuntime("runc", shutil.which("runc") or "runc", work / "runc")
@@ -356,7 +357,7 @@ async def runtime_path(bundle: Path, work: Path, runs: int) -> dict[str, list[fl
         name, task_dir = f"path{index}", work / f"path{index}"
         try:
             t0 = time.perf_counter()
-            started = await conmon.create(name, bundle, runtime, task_dir, task_dir / "log")
+            started = await conmon.create(name, bundle, runtime, ProcessFiles(task_dir, task_dir / "log"))
             t1 = time.perf_counter()
             exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             ExitWatch(started.conmon_pid, functools.partial(exited.set_result, None))

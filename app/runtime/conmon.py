@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import CargoholdError, ErrorKind
+from .layout import ProcessFiles
 from .oci import OCIRuntime
 
 SYNC_TIMEOUT_SECONDS = 60
@@ -38,45 +39,39 @@ class Conmon:
         self.binary = binary
         self._log_max_bytes = log_max_bytes
 
-    async def create(
-        self, container_id: str, bundle: Path, runtime: OCIRuntime, work_dir: Path, log_path: Path
-    ) -> Started:
+    async def create(self, container_id: str, bundle: Path, runtime: OCIRuntime, files: ProcessFiles) -> Started:
         """Create the container (not started). Raises VALIDATION with the runtime's message."""
         return await self._launch(
-            container_id, runtime, work_dir, log_path,
-            ["-b", str(bundle), "-u", container_id, "-n", container_id],
+            container_id, runtime, files, ["-b", str(bundle), "-u", container_id, "-n", container_id],
         )
 
     async def exec(
-        self, container_id: str, exec_id: str, process_spec: Path, runtime: OCIRuntime, work_dir: Path, log_path: Path
+        self, container_id: str, exec_id: str, process_spec: Path, runtime: OCIRuntime, files: ProcessFiles
     ) -> Started:
         """Start an exec process in the running container `container_id`."""
         return await self._launch(
-            container_id, runtime, work_dir, log_path,
+            container_id, runtime, files,
             ["-e", "--exec-process-spec", str(process_spec), "-u", f"{container_id}-{exec_id}",
-             "-n", f"{container_id}-{exec_id}", "-b", str(work_dir)],
+             "-n", f"{container_id}-{exec_id}", "-b", str(files.work_dir)],
         )
 
-    async def _launch(
-        self, container_id: str, runtime: OCIRuntime, work_dir: Path, log_path: Path, extra: list[str]
-    ) -> Started:
-        exit_dir = work_dir / "exit"
-        exit_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / "persist").mkdir(exist_ok=True)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+    async def _launch(self, container_id: str, runtime: OCIRuntime, files: ProcessFiles, extra: list[str]) -> Started:
+        files.exit_dir.mkdir(parents=True, exist_ok=True)
+        files.persist_dir.mkdir(exist_ok=True)
+        files.log.parent.mkdir(parents=True, exist_ok=True)
         read_end, write_end = os.pipe()
         try:
             process = await asyncio.create_subprocess_exec(
                 self.binary, "--api-version", "1", "-c", container_id, *extra,
                 "-r", runtime.binary, "--runtime-arg", runtime.root_arg,
-                "-p", str(work_dir / "pid"), "-P", str(work_dir / "conmon.pid"),
-                "--exit-dir", str(exit_dir),
-                "-l", f"k8s-file:{log_path}", "--log-size-max", str(self._log_max_bytes),
-                "--socket-dir-path", str(work_dir), "--full-attach", "--log-level", "error",
+                "-p", str(files.pid_file), "-P", str(files.conmon_pid_file),
+                "--exit-dir", str(files.exit_dir),
+                "-l", f"k8s-file:{files.log}", "--log-size-max", str(self._log_max_bytes),
+                "--socket-dir-path", str(files.socket_dir), "--full-attach", "--log-level", "error",
                 # conmon drops an `oom` marker in its persist dir (else its cwd) on an OOM kill.
-                "--persist-dir", str(work_dir / "persist"),
+                "--persist-dir", str(files.persist_dir),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, pass_fds=(write_end,), cwd=work_dir,
+                stderr=asyncio.subprocess.PIPE, pass_fds=(write_end,), cwd=files.work_dir,
                 env={**os.environ, "_OCI_SYNCPIPE": str(write_end)},
             )
         finally:
@@ -93,7 +88,7 @@ class Conmon:
         pid, message = _parse_sync(line)
         if pid <= 0:
             raise CargoholdError(ErrorKind.VALIDATION, f"{runtime.name} could not run it: {message}")
-        conmon_pid = int((work_dir / "conmon.pid").read_text().strip())
+        conmon_pid = int(files.conmon_pid_file.read_text().strip())
         return Started(conmon_pid=conmon_pid, pid=pid)
 
 

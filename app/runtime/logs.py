@@ -1,4 +1,5 @@
-"""Reading conmon's CRI-format logs: `<RFC 3339 time> <stdout|stderr> <P|F> <text>`.
+"""Task logs: where the init process's log lives (`TaskLogs`), and reading conmon's
+CRI-format logs: `<RFC 3339 time> <stdout|stderr> <P|F> <text>`.
 
 `P` marks a partial line continued by the next record, `F` a full one; they are joined,
 up to `max_line_bytes`: a longer line (a task printing without a newline for ever) is
@@ -8,6 +9,10 @@ a record at a time, in binary, each read bounded too, so a task that printed 100
 costs the daemon a buffer, not 100 MB; `tail` keeps only the last N lines. `follow`
 keeps reading while the task runs, and starts over when conmon truncated the file at its
 size cap.
+
+`TaskLogs` is the one owner of `<root>/logs/<namespace>/<id>.log`: the task service
+writes through it, the container service forgets a log through it when its container
+goes (so neither service calls the other).
 """
 
 from __future__ import annotations
@@ -30,6 +35,21 @@ FOLLOW_POLL_SECONDS = 0.1
 DEFAULT_MAX_LINE_BYTES = 64 * 1024
 # Room for a record's time, stream and tag before its text (conmon's are ~40 bytes).
 _HEADER_ROOM = 256
+
+
+class TaskLogs:
+    """The log of each container's last task run: kept until the container goes or a new
+    task starts for it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, namespace: str, task_id: str) -> Path:
+        return self.root / namespace / f"{task_id}.log"
+
+    def forget(self, namespace: str, task_id: str) -> None:
+        """The container is gone: so is the log of its last run."""
+        self.path(namespace, task_id).unlink(missing_ok=True)
 
 
 def _parse(raw: bytes) -> tuple[datetime, str, bool, bytes] | None:

@@ -378,8 +378,8 @@ async def test_exec_run_but_not_recorded_is_adopted_not_run_again(
 async def test_lock_table_keeps_no_entry_for_ids_tried(
     runtime_settings: Settings, busybox_tar: Path, namespace: str
 ) -> None:
-    """1,000 ids tried with every operation that locks (most fail NOT_FOUND) leave no lock
-    behind; nor does a task's whole life."""
+    """1,000 ids tried with every operation that locks (most fail NOT_FOUND) leave no live
+    task behind (its lock, watches, futures); nor does a task's whole life."""
     async with open_daemon(runtime_settings) as daemon:
         tasks = daemon.tasks
         kill = KillRequest(signal="SIGKILL")
@@ -399,7 +399,7 @@ async def test_lock_table_keeps_no_entry_for_ids_tried(
                 with pytest.raises(CargoholdError) as raised:
                     await attempt
                 assert raised.value.kind is ErrorKind.NOT_FOUND, raised.value.detail
-        assert tasks._locks == {}
+        assert len(tasks._live) == 0
 
     async with running_daemon_client(runtime_settings) as (daemon, client):
         headers = {"Cargohold-Namespace": namespace}
@@ -410,7 +410,7 @@ async def test_lock_table_keeps_no_entry_for_ids_tried(
         for step in ("pause", "resume"):
             assert (await client.post(f"/tasks/web/{step}", headers=headers)).status_code == 200
         assert (await client.delete("/tasks/web", headers=headers)).status_code == 200
-        assert daemon.tasks._locks == {}
+        assert len(daemon.tasks._live) == 0
 
 
 @asynccontextmanager

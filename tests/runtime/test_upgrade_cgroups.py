@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.runtime import tasks as task_module
+from app.runtime import live as live_module
 from app.runtime.cgroups import hierarchies
 from tests.conftest import running_server, uds_client, wait_for
 from tests.runtime.conftest import import_busybox, make_container
@@ -33,7 +33,7 @@ async def test_a_task_in_an_earlier_layout_is_adopted_and_its_cgroup_removed(
     old = f"/cargohold/{namespace}/old"
     # The earlier version: the same code, with its cgroup layout.
     with monkeypatch.context() as earlier:
-        earlier.setattr(task_module, "task_cgroup", legacy_cgroup)
+        earlier.setattr(live_module, "task_cgroup", legacy_cgroup)
         async with running_server(runtime_settings), uds_client(runtime_settings, timeout=60) as client:
             await import_busybox(client, busybox_tar, ns_headers)
             await make_container(client, ns_headers, "old", ["sleep", "300"])
