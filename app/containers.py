@@ -29,7 +29,7 @@ from .models import (
 )
 from .policy import SpecPolicy
 from .runtime.defaults import DEFAULT_PATH, with_defaults
-from .runtime.tasks import TaskService
+from .runtime.logs import TaskLogs
 from .snapshots.service import SnapshotService
 from .store.containers import ContainerStore
 
@@ -139,13 +139,13 @@ def _override(spec: dict[str, Any], process: ProcessOverride | None, image: str)
 
 class ContainerService:
     def __init__(
-        self, store: ContainerStore, snapshots: SnapshotService, tasks: TaskService, policy: SpecPolicy,
+        self, store: ContainerStore, snapshots: SnapshotService, logs: TaskLogs, policy: SpecPolicy,
         images: ImageService | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
         self._snapshots = snapshots
-        self._tasks = tasks
+        self._logs = logs
         self._images = images
 
     async def create(self, namespace: str, body: ContainerCreate) -> Container:
@@ -268,7 +268,8 @@ class ContainerService:
 
     async def delete(self, namespace: str, container_id: str) -> None:
         """Raises NOT_FOUND; appends /containers/delete, then /snapshot/remove when its
-        active snapshot is used by nothing else (committed images are kept)."""
+        active snapshot is used by nothing else (committed images are kept). The log of its
+        last task goes too."""
         released = await self._store.delete(namespace, container_id)
-        self._tasks.forget_logs(namespace, container_id)
+        self._logs.forget(namespace, container_id)  # its last task's log goes with it
         await self._snapshots.remove_data(released)

@@ -101,12 +101,13 @@ async def open_daemon(
         policy = SpecPolicy(
             NamespaceStore(db), settings.allow_privileged, settings.allowed_bind_roots, seccomp, seccomp_missing
         )
+        logs = TaskLogs(settings.root / "logs")  # written by tasks, forgotten with containers
         tasks = TaskService(
             TaskStore(db, settings.exit_retention, timedelta(seconds=settings.exit_max_age_seconds)),
             container_store,
             snapshots,
             state=settings.state,
-            logs=TaskLogs(settings.root / "logs"),
+            logs=logs,
             runtimes=runtimes,
             conmon=conmon,
             missing=missing,
@@ -121,7 +122,7 @@ async def open_daemon(
             settings=settings,
             bus=bus,
             namespaces=NamespaceService(NamespaceStore(db)),
-            containers=ContainerService(container_store, snapshots, tasks, policy, images),
+            containers=ContainerService(container_store, snapshots, logs, policy, images),
             snapshots=snapshots,
             images=images,
             tasks=tasks,

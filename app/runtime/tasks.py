@@ -129,10 +129,6 @@ class TaskService:
             done()
         return task
 
-    def forget_logs(self, namespace: str, task_id: str) -> None:
-        """The container is gone: so is the log of its last run."""
-        self._dirs.logs.forget(namespace, task_id)
-
     async def _await_previous(self, namespace: str, task_id: str) -> None:
         """Raise CONFLICT if the container has a live task; if its last task has exited but is
         still being torn down, wait for that (a client that saw the exit may start anew)."""

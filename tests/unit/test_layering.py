@@ -66,3 +66,9 @@ def test_services_never_import_api() -> None:
     for module, names in modules().items():
         if not module.startswith("api/") and module not in {"main.py", "cli.py"}:
             assert not any(n.startswith("app.api") for n in names), f"{module} imports app.api"
+
+
+def test_the_container_service_never_calls_the_task_service() -> None:
+    """TaskService reads containers; a call back would make a loop (logs have one owner,
+    `runtime.logs.TaskLogs`, which both use)."""
+    assert not any(n.startswith("app.runtime.tasks") for n in imports_of(APP / "containers.py"))
