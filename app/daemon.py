@@ -23,7 +23,7 @@ from .events import EventBus, EventService
 from .images.registry import RegistryClient
 from .images.service import ImageService
 from .models import Event, VersionInfo
-from .monitor.cgroups import detect_mode
+from .monitor.cgroup_stats import detect_mode
 from .monitor.monitor import Monitor
 from .namespaces import NamespaceService
 from .ondisk import secure_layout

@@ -571,7 +571,7 @@ async def w4_footprint(d: Daemon, report: Report, quick: bool, fresh_idle: float
 async def monitor_loop_hold(work: Path, report: Report, tasks: int = 100) -> None:
     """The monitor polling `tasks` cgroups (a v1 tree with this host's file formats): the
     longest the event loop is held at a time, seen by a 1 ms ticker."""
-    from app.monitor.cgroups import CgroupMode
+    from app.monitor.cgroup_stats import CgroupMode
     from app.monitor.monitor import Monitor
 
     root = work / "fake-cgroups"

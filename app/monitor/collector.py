@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .cgroups import CgroupStats
+from .cgroup_stats import CgroupStats
 from .monitor import Monitor
 
 LABELS = ["namespace", "container_id"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .cgroups import (
+from .cgroup_stats import (
     CGROUP_ROOT,
     CgroupMode,
     CgroupStats,

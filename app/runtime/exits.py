@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import CargoholdError, ErrorKind
 from ..models import Exit
-from ..monitor.cgroups import CgroupStats
+from ..monitor.cgroup_stats import CgroupStats
 from ..monitor.monitor import Monitor
 from ..snapshots.mounts import mount_points_under, unmount
 from ..store.tasks import TaskStore

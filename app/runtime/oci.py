@@ -1,6 +1,7 @@
 """The OCI runtime command line (runc or crun): start, kill, pause, resume, ps, update,
-state, delete. Each container's runtime state lives under a private `--root`, so nothing
-here touches the host's default runc state. Failures carry the runtime's own message."""
+state, list, delete. Each container's runtime state lives under a private `--root`, so
+nothing here touches the host's default runc state. Failures carry the runtime's own
+message and the kind it tells (`failure_kind`)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ class OCIRuntime:
     def root_arg(self) -> str:
         return f"--root={self.state_root}"
 
-    async def _run(self, *args: str, stdin: bytes | None = None, error_kind: ErrorKind = ErrorKind.CONFLICT) -> bytes:
+    async def _run(self, *args: str, stdin: bytes | None = None, error_kind: ErrorKind | None = None) -> bytes:
+        """The command's stdout. Raises the kind `error_kind`, else the one its message
+        says (see `failure_kind`), with the runtime's message."""
         process = await asyncio.create_subprocess_exec(
             self.binary, self.root_arg, *args,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -48,8 +51,8 @@ class OCIRuntime:
         )
         out, err = await process.communicate(stdin)
         if process.returncode != 0:
-            message = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
-            raise CargoholdError(error_kind, f"{self.name} {args[0]} failed: {_runtime_message(message)}")
+            message = _runtime_message(err.decode(errors="replace").strip() or out.decode(errors="replace").strip())
+            raise CargoholdError(error_kind or failure_kind(message), f"{self.name} {args[0]} failed: {message}")
         return out
 
     async def start(self, container_id: str) -> None:
@@ -72,21 +75,15 @@ class OCIRuntime:
         await self._run("update", "--resources", "-", container_id, stdin=json.dumps(resources).encode(),
                         error_kind=ErrorKind.VALIDATION)
 
-    async def state(self, container_id: str) -> dict[str, Any] | None:
-        """The runtime's view of the container, or None when it does not know it."""
-        try:
-            out = await self._run("state", container_id)
-        except CargoholdError:
-            return None
-        state: dict[str, Any] = json.loads(out)
-        return state
-
     async def status(self, container_id: str) -> str | None:
         """created, running, paused or stopped as the runtime sees it; None when it does not
         know the container. The truth when the daemon's row may disagree (a crash between
         the runtime's change and the row's)."""
-        state = await self.state(container_id)
-        return None if state is None else str(state.get("status"))
+        try:
+            out = await self._run("state", container_id)
+        except CargoholdError:
+            return None
+        return str(json.loads(out).get("status"))
 
     async def statuses(self) -> dict[str, str]:
         """Every container in this runtime's state root with its status (one `list` call)."""
@@ -100,7 +97,7 @@ class OCIRuntime:
         try:
             await self._run("delete", "--force", container_id)
         except CargoholdError as error:
-            if "does not exist" not in error.detail and "not found" not in error.detail.lower():
+            if error.kind is not ErrorKind.NOT_FOUND and "not found" not in error.detail.lower():
                 raise
 
     async def list_ids(self) -> list[str]:
@@ -109,6 +106,27 @@ class OCIRuntime:
             return []
         out = await self._run("list", "--format", "json")
         return [entry["id"] for entry in json.loads(out or b"[]") or []]
+
+
+# What runc and crun say, lower-cased, for each kind of failure; anything else is CONFLICT
+# (the container is not in a state that allows it), as it was before kinds were told apart.
+_FAILURE_KINDS = (
+    (ErrorKind.NOT_FOUND, ("does not exist", "container not found")),
+    (ErrorKind.VALIDATION, ("executable file not found", "permission denied", "invalid", "unknown field",
+                            "failed to parse", "cannot unmarshal")),
+    (ErrorKind.CONFLICT, ("not running", "is paused", "not paused", "stopped", "already running", "not created")),
+)
+
+
+def failure_kind(message: str) -> ErrorKind:
+    """The kind of a runtime failure, from its message: a container the runtime does not
+    know is NOT_FOUND, a spec or process it cannot run is VALIDATION, a container in the
+    wrong state (and anything unrecognised) CONFLICT."""
+    lowered = message.lower()
+    for kind, phrases in _FAILURE_KINDS:
+        if any(phrase in lowered for phrase in phrases):
+            return kind
+    return ErrorKind.CONFLICT
 
 
 def _runtime_message(raw: str) -> str:

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
 from datetime import datetime
 from pathlib import Path
@@ -132,7 +132,7 @@ class TaskService:
     async def _await_previous(self, namespace: str, task_id: str) -> None:
         """Raise CONFLICT if the container has a live task; if its last task has exited but is
         still being torn down, wait for that (a client that saw the exit may start anew)."""
-        previous = await self._store.find(namespace, task_id)
+        previous = await self._store.get_or_none(namespace, task_id)
         if previous is None:
             return
         live = self._live.get(namespace, task_id)
@@ -170,41 +170,56 @@ class TaskService:
         await self._runtime(record.task.runtime).kill(runtime_id(namespace, task_id), number, request.all)
 
     async def pause(self, namespace: str, task_id: str) -> Task:
-        return await self._freeze(namespace, task_id, pause=True)
+        """Freeze a running task. Appends /tasks/paused. Raises CONFLICT unless the runtime
+        reports it running (see `_in_runtime_state`)."""
+        async with self._live.lock(namespace, task_id):
+            runtime, rid = await self._in_runtime_state(namespace, task_id, "running", "paused")
+            await runtime.pause(rid)
+            return await self._record_or_undo(
+                namespace, task_id, TaskStatus.PAUSED, Topic.TASK_PAUSED, runtime, runtime.resume
+            )
 
     async def resume(self, namespace: str, task_id: str) -> Task:
-        return await self._freeze(namespace, task_id, pause=False)
-
-    async def _freeze(self, namespace: str, task_id: str, pause: bool) -> Task:
-        """Pause or resume from the state the runtime reports, not the row's: the row is
-        corrected first (with its event) if it disagrees. If the row cannot be written after
-        the runtime's change, the change is undone so that the two still agree."""
+        """Thaw a paused task. Appends /tasks/resumed. Raises CONFLICT unless the runtime
+        reports it paused (see `_in_runtime_state`)."""
         async with self._live.lock(namespace, task_id):
-            record = await self._live_record(namespace, task_id)
-            runtime = self._runtime(record.task.runtime)
-            rid = runtime_id(namespace, task_id)
-            actual = await runtime.status(rid)
-            if actual in RECONCILED:
-                await reconcile(self._store, record, actual)
-            wanted = "running" if pause else "paused"
-            if actual != wanted:
-                verb = "paused" if pause else "resumed"
-                now = "exited" if actual in (None, "stopped") else actual
-                raise CargoholdError(
-                    ErrorKind.CONFLICT, f'task "{task_id}" is {now}; only a {wanted} task can be {verb}'
-                )
-            await (runtime.pause(rid) if pause else runtime.resume(rid))
-            status, topic = (
-                (TaskStatus.PAUSED, Topic.TASK_PAUSED) if pause else (TaskStatus.RUNNING, Topic.TASK_RESUMED)
+            runtime, rid = await self._in_runtime_state(namespace, task_id, "paused", "resumed")
+            await runtime.resume(rid)
+            return await self._record_or_undo(
+                namespace, task_id, TaskStatus.RUNNING, Topic.TASK_RESUMED, runtime, runtime.pause
             )
-            try:
-                return await self._store.set_status(namespace, task_id, status, topic, {"container_id": task_id})
-            except BaseException:
-                log.warning("recording %s/%s as %s failed: undoing it in %s", namespace, task_id, status.value,
-                            runtime.name)
-                with suppress(CargoholdError):
-                    await asyncio.shield(runtime.resume(rid) if pause else runtime.pause(rid))
-                raise
+
+    async def _in_runtime_state(
+        self, namespace: str, task_id: str, wanted: str, verb: str
+    ) -> tuple[OCIRuntime, str]:
+        """The task's runtime and runtime id, if the runtime (not the row) reports it in
+        state `wanted`; the row is corrected first (with its event) if it disagrees.
+        Raises CONFLICT otherwise, NOT_FOUND for a missing task. Call under the task's lock."""
+        record = await self._live_record(namespace, task_id)
+        runtime = self._runtime(record.task.runtime)
+        rid = runtime_id(namespace, task_id)
+        actual = await runtime.status(rid)
+        if actual in RECONCILED:
+            await reconcile(self._store, record, actual)
+        if actual != wanted:
+            now = "exited" if actual in (None, "stopped") else actual
+            raise CargoholdError(ErrorKind.CONFLICT, f'task "{task_id}" is {now}; only a {wanted} task can be {verb}')
+        return runtime, rid
+
+    async def _record_or_undo(
+        self, namespace: str, task_id: str, status: TaskStatus, topic: Topic, runtime: OCIRuntime,
+        undo: Callable[[str], Awaitable[None]],
+    ) -> Task:
+        """Record the runtime's change in the row; if that fails, undo the change so that
+        the two still agree."""
+        try:
+            return await self._store.set_status(namespace, task_id, status, topic, {"container_id": task_id})
+        except BaseException:
+            log.warning("recording %s/%s as %s failed: undoing it in %s", namespace, task_id, status.value,
+                        runtime.name)
+            with suppress(CargoholdError):
+                await asyncio.shield(undo(runtime_id(namespace, task_id)))
+            raise
 
     async def pids(self, namespace: str, task_id: str) -> list[int]:
         record = await self._live_record(namespace, task_id)
@@ -223,6 +238,7 @@ class TaskService:
         return (await self._live_record(namespace, task_id)).task
 
     async def find(self, namespace: str) -> list[Task]:
+        """The namespace's live tasks (`find` lists, in every service)."""
         return await self._store.list_in(namespace)
 
     async def count_by_status(self) -> dict[str, int]:

@@ -90,7 +90,8 @@ class TaskStore:
             tx.append_event(namespace, Topic.TASK_CREATE, {"container_id": task_id, "pid": pid})
             return self._get_in(tx, namespace, task_id).task
 
-    async def find(self, namespace: str, task_id: str) -> TaskRecord | None:
+    async def get_or_none(self, namespace: str, task_id: str) -> TaskRecord | None:
+        """`get`, with None for a missing task (`find` is for lists, everywhere)."""
         try:
             return await self.get(namespace, task_id)
         except CargoholdError:

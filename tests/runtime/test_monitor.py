@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
-from app.monitor.cgroups import CGROUP_ROOT, CgroupMode, CgroupStats, detect_mode
+from app.monitor.cgroup_stats import CGROUP_ROOT, CgroupMode, CgroupStats, detect_mode
 from app.monitor.monitor import Monitor
 from tests.conftest import running_server, uds_client
 from tests.runtime.conftest import delete_all_tasks, import_busybox, make_container

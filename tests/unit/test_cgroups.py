@@ -1,4 +1,4 @@
-"""The cgroup readers (app/monitor/cgroups.py) on files as the kernel writes them.
+"""The cgroup readers (app/monitor/cgroup_stats.py) on files as the kernel writes them.
 
 v2: copies of real v2 files in fixtures/cgroup_v2 (SOURCES.md says where each format
 comes from), laid out in a fake unified tree for `read_v2`. v1: files captured on this
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from app.monitor.cgroups import (
+from app.monitor.cgroup_stats import (
     CGROUP_ROOT,
     CgroupMode,
     CgroupStats,
