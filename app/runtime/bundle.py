@@ -12,20 +12,16 @@ from ..ondisk import write_private
 from .defaults import with_defaults
 
 
-def cgroup_path(namespace: str, container_id: str) -> str:
-    return f"/cargohold/{namespace}/{container_id}"
-
-
 def runtime_id(namespace: str, container_id: str) -> str:
     """The container's id for runc/conmon: ids repeat across namespaces, runc's may not.
     `+` is allowed by runc and never part of an identifier, so the pair is unambiguous."""
     return f"{namespace}+{container_id}"
 
 
-def task_config(spec: dict[str, Any], namespace: str, container_id: str, rootfs: Path) -> dict[str, Any]:
+def task_config(spec: dict[str, Any], rootfs: Path, cgroups_path: str) -> dict[str, Any]:
     """The container's spec, as `SpecPolicy.runnable` passed it (checked, with defaults and
     seccomp), made runnable here: its root is the mounted snapshot, its cgroup is
-    Cargohold's. Raises VALIDATION naming what cannot run."""
+    `cgroups_path` (this daemon's). Raises VALIDATION naming what cannot run."""
     config = with_defaults(spec)
     process = config.get("process")
     if not process:
@@ -34,7 +30,7 @@ def task_config(spec: dict[str, Any], namespace: str, container_id: str, rootfs:
         raise CargoholdError(ErrorKind.VALIDATION, "spec.process.terminal is not supported yet; set it to false")
     config["root"] = {**config.get("root", {}), "path": str(rootfs)}
     linux = config.setdefault("linux", {})
-    linux["cgroupsPath"] = cgroup_path(namespace, container_id)
+    linux["cgroupsPath"] = cgroups_path
     return config
 
 

@@ -83,16 +83,6 @@ def remove_cgroup(relative: str, parents_up_to: str) -> None:
             path = path.parent
 
 
-def leftover_cgroups(root: str = CGROUP_ROOT_NAME) -> list[Path]:
-    """Every cgroup directory below `root` in any hierarchy (for tests and recovery)."""
-    found: list[Path] = []
-    for hierarchy in hierarchies():
-        # os.walk shrugs off directories that vanish while it looks (other tasks ending).
-        for directory, subdirectories, _ in os.walk(hierarchy / root.lstrip("/")):
-            found.extend(Path(directory) / name for name in subdirectories)
-    return found
-
-
 def remove_unowned(owned: set[tuple[str, str]], root: str) -> list[Path]:
     """rmdir every `<root>/<namespace>/<id>` cgroup (`root`: this daemon's parent) that no
     task owns, then the namespace and root dirs left empty. Busy ones (a process still

@@ -100,13 +100,6 @@ class OCIRuntime:
             if error.kind is not ErrorKind.NOT_FOUND and "not found" not in error.detail.lower():
                 raise
 
-    async def list_ids(self) -> list[str]:
-        """Containers in this runtime's state root (for cleaning up what no task owns)."""
-        if not self.state_root.exists():
-            return []
-        out = await self._run("list", "--format", "json")
-        return [entry["id"] for entry in json.loads(out or b"[]") or []]
-
 
 # What runc and crun say, lower-cased, for each kind of failure; anything else is CONFLICT
 # (the container is not in a state that allows it), as it was before kinds were told apart.

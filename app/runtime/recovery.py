@@ -161,7 +161,7 @@ class Recovery:
                 namespace_dir.rmdir()
         owned_ids = {runtime_id(namespace, task_id) for namespace, task_id in owned}
         for runtime in self._runtimes.values():
-            for container_id in await runtime.list_ids():
+            for container_id in await runtime.statuses():
                 if container_id not in owned_ids:
                     log.info("deleting %s state of %s: no task owns it", runtime.name, container_id)
                     await runtime.delete(container_id)

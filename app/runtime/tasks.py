@@ -115,9 +115,8 @@ class TaskService:
             if await self._store.exists(namespace, container.id):
                 raise CargoholdError(ErrorKind.CONFLICT, f'container "{container.id}" already has a task')
             runnable = await self._policy.runnable(namespace, container.spec)  # checked again: labels change
-            config = task_config(runnable, namespace, container.id, layout.rootfs)
-            # This daemon's cgroup parent, names escaped (see runtime/cgroups.py).
-            config["linux"]["cgroupsPath"] = self._live.cgroup(namespace, container.id)
+            # Under this daemon's cgroup parent, names escaped (see runtime/cgroups.py).
+            config = task_config(runnable, layout.rootfs, self._live.cgroup(namespace, container.id))
             context = CreateContext(namespace, container, runtime, layout, config)
             await run_steps(self._create_steps, context, undo)
             assert context.started is not None

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.config import Listener, Settings
-from app.runtime.cgroups import daemon_cgroup_parent, leftover_cgroups
+from app.runtime.cgroups import daemon_cgroup_parent, hierarchies
 from app.snapshots.mounts import mount_points_under
 from tests.conftest import running_server, uds_client
 from tests.rootfs import write_busybox_tar
@@ -55,6 +55,16 @@ def conmon_pids_under(path: Path) -> list[int]:
             continue
         if argv and argv[0].endswith(b"conmon") and any(str(path).encode() in arg for arg in argv):
             found.append(int(entry.name))
+    return found
+
+
+def leftover_cgroups(root: str) -> list[Path]:
+    """Every cgroup directory below `root` in any hierarchy."""
+    found: list[Path] = []
+    for hierarchy in hierarchies():
+        # os.walk shrugs off directories that vanish while it looks (other tasks ending).
+        for directory, subdirectories, _ in os.walk(hierarchy / root.lstrip("/")):
+            found.extend(Path(directory) / name for name in subdirectories)
     return found
 
 
