@@ -330,8 +330,8 @@ def _bind(listener: Listener) -> socket.socket:
     family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
     sock = socket.create_server((listener.host, listener.port), family=family, backlog=2048)
     # asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP, and create_server
-    # makes them with 0: each request after the first on a keep-alive connection then waited
-    # 40 ms (Nagle against the client's delayed ACK). Accepted sockets inherit it (Linux).
+    # makes them with 0: Nagle then delays keep-alive requests (bench/README.md). Accepted
+    # sockets inherit it (Linux).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 

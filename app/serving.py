@@ -3,10 +3,9 @@
 uvicorn (0.54, httptools) bounds nothing before a request's headers are complete: its
 keep-alive timeout is armed only once a response has been sent, and disarmed by the
 next byte, so a client that connects and sends nothing, or its headers a byte a second,
-holds the connection for as long as it likes (measured: nothing closed it); uvicorn has
-no header timeout, and `h11_max_incomplete_event_size` applies to h11 only, while
-httptools buffers an unfinished header without limit (measured: 192 MiB of one header
-taken before the client gave up). And `limit_concurrency` answers its 503 in plain
+holds the connection for as long as it likes; uvicorn has no header timeout, and
+`h11_max_incomplete_event_size` applies to h11 only, while httptools buffers an
+unfinished header without limit (the measurements: bench/README.md). And `limit_concurrency` answers its 503 in plain
 text. So this protocol
 
 - gives each request `header_timeout` seconds from its first byte (or from the
