@@ -26,7 +26,7 @@ from ..models import FIRST_PAGE, Container, ContainerFields, ContainerHead, Page
 from ..pages import cut_sizes
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
-from .namespaces import ensure_namespace, namespace_not_found
+from .namespaces import ensure_namespace, namespace_exists_in, namespace_not_found, require_namespace
 from .snapshots import DataDir, release_unreferenced, require_snapshot
 
 
@@ -202,7 +202,7 @@ class ContainerStore:
         """Raises NOT_FOUND for the container or its namespace."""
         row = await self._db.one(_DOCUMENT, namespace, container_id)
         if row is None:
-            await self._require_namespace(namespace)
+            await require_namespace(self._db, namespace)
             raise container_not_found(namespace, container_id)
         return _from_document(row["doc"])
 
@@ -234,7 +234,7 @@ class ContainerStore:
             chosen = [row["id"] for row in await off_loop(heads, lambda row: select(_head(row)))]
             text, cursor = await self._page_of(namespace, chosen, page)
         if not text:
-            await self._require_namespace(namespace)
+            await require_namespace(self._db, namespace)
         next_cursor = "null" if cursor is None else json.dumps(cursor)
         return f'{{"containers":[{text}],"next_cursor":{next_cursor}}}'.encode(), cursor
 
@@ -356,11 +356,8 @@ class ContainerStore:
     def _get_in(self, tx: Tx, namespace: str, container_id: str) -> Container:
         row = tx.one(_DOCUMENT, namespace, container_id)
         if row is None:
-            if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", namespace):
+            if not namespace_exists_in(tx, namespace):
                 raise namespace_not_found(namespace)
             raise container_not_found(namespace, container_id)
         return _from_document(row["doc"])
 
-    async def _require_namespace(self, namespace: str) -> None:
-        if await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", namespace) is None:
-            raise namespace_not_found(namespace)

@@ -18,7 +18,7 @@ from ..models import FIRST_PAGE, Descriptor, Image, Page, PageRequest
 from ..pages import cut
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
-from .namespaces import ensure_namespace, namespace_not_found
+from .namespaces import ensure_namespace, namespace_exists_in, namespace_not_found, require_namespace
 
 _SELECT = "SELECT * FROM images WHERE namespace = ? AND name = ?"
 
@@ -87,7 +87,7 @@ class ImageStore:
         """Raises NOT_FOUND for the image or its namespace."""
         row = await self._db.one(_SELECT, namespace, name)
         if row is None:
-            await self._require_namespace(namespace)
+            await require_namespace(self._db, namespace)
             raise image_not_found(namespace, name)
         return _image(row)
 
@@ -95,7 +95,7 @@ class ImageStore:
                       page: PageRequest = FIRST_PAGE) -> Page[Image]:
         """A page of the images of `namespace` that `select` keeps, by name. NOT_FOUND for an
         unknown namespace."""
-        await self._require_namespace(namespace)
+        await require_namespace(self._db, namespace)
         kept: list[Image] = []
         after = page.after
         # Read in batches until the page is full: a filter may keep few of the rows read.
@@ -139,11 +139,8 @@ class ImageStore:
     def _get_in(self, tx: Tx, namespace: str, name: str) -> Image:
         row = tx.one(_SELECT, namespace, name)
         if row is None:
-            if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", namespace):
+            if not namespace_exists_in(tx, namespace):
                 raise namespace_not_found(namespace)
             raise image_not_found(namespace, name)
         return _image(row)
 
-    async def _require_namespace(self, namespace: str) -> None:
-        if await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", namespace) is None:
-            raise namespace_not_found(namespace)

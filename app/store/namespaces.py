@@ -12,9 +12,22 @@ from ..pages import cut
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
 
+_EXISTS = "SELECT 1 FROM namespaces WHERE name = ?"
+
 
 def namespace_not_found(name: str) -> CargoholdError:
     return not_found(f'namespace "{name}" not found')
+
+
+def namespace_exists_in(tx: Tx, name: str) -> bool:
+    """Whether `name` exists, read inside the write transaction `tx`."""
+    return tx.exists(_EXISTS, name)
+
+
+async def require_namespace(db: Database, name: str) -> None:
+    """Raise NOT_FOUND unless namespace `name` exists (a read outside any transaction)."""
+    if await db.one(_EXISTS, name) is None:
+        raise namespace_not_found(name)
 
 
 def _namespace(row: Row) -> Namespace:
@@ -28,7 +41,7 @@ def _namespace(row: Row) -> Namespace:
 
 def ensure_namespace(tx: Tx, name: str) -> None:
     """Create `name` inside `tx` if it does not exist yet (appends /namespaces/create)."""
-    if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
+    if not namespace_exists_in(tx, name):
         _insert(tx, name, {})
 
 
@@ -51,7 +64,7 @@ class NamespaceStore:
     async def create(self, name: str, labels: dict[str, str]) -> Namespace:
         """Raises ALREADY_EXISTS."""
         async with self._db.write() as tx:
-            if tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
+            if namespace_exists_in(tx, name):
                 raise CargoholdError(ErrorKind.ALREADY_EXISTS, f'namespace "{name}" already exists')
             return _insert(tx, name, labels)
 
@@ -62,7 +75,7 @@ class NamespaceStore:
         return _namespace(row)
 
     async def exists(self, name: str) -> bool:
-        return await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", name) is not None
+        return await self._db.one(_EXISTS, name) is not None
 
     async def list_all(self, page: PageRequest = FIRST_PAGE) -> Page[Namespace]:
         """A page of the namespaces, by name."""
@@ -93,7 +106,7 @@ class NamespaceStore:
     async def delete(self, name: str) -> None:
         """Raises NOT_FOUND, or CONFLICT while the namespace holds any object."""
         async with self._db.write() as tx:
-            if not tx.exists("SELECT 1 FROM namespaces WHERE name = ?", name):
+            if not namespace_exists_in(tx, name):
                 raise namespace_not_found(name)
             held = []
             for table, noun in (("containers", "container"), ("snapshots", "snapshot"), ("images", "image")):

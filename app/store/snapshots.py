@@ -16,7 +16,7 @@ from ..models import FIRST_PAGE, Page, PageRequest, Snapshot, SnapshotKind
 from ..pages import cut
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
-from .namespaces import ensure_namespace, namespace_not_found
+from .namespaces import ensure_namespace, require_namespace
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,7 @@ class SnapshotStore:
             namespace, snapshotter, key,
         )
         if row is None:
-            if await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", namespace) is None:
-                raise namespace_not_found(namespace)
+            await require_namespace(self._db, namespace)
             raise snapshot_not_found(namespace, snapshotter, key)
         return _record(row)
 
@@ -180,8 +179,8 @@ class SnapshotStore:
             "SELECT * FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key > ? ORDER BY key LIMIT ?",
             namespace, snapshotter, page.after, page.limit + 1,
         )
-        if not rows and await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", namespace) is None:
-            raise namespace_not_found(namespace)
+        if not rows:
+            await require_namespace(self._db, namespace)
         cut_rows = cut(rows, page, key=lambda row: row["key"], size=lambda row: len(row["labels"]) + 200)
         return Page([_record(row).snapshot for row in cut_rows.items], cut_rows.next_cursor)
 

@@ -17,7 +17,7 @@ from ..errors import CargoholdError, ErrorKind, not_found
 from ..models import Exit, Process, Task, TaskStatus
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
-from .namespaces import namespace_not_found
+from .namespaces import require_namespace
 
 # Exits are pruned (by age and count) at every PRUNE_EVERY-th exit recorded.
 PRUNE_EVERY = 100
@@ -113,8 +113,8 @@ class TaskStore:
         """Raises NOT_FOUND for an unknown namespace."""
         # An exited task is on its way out (teardown running): it is no longer listed.
         rows = await self._db.all("SELECT * FROM tasks WHERE namespace = ? AND exited = 0 ORDER BY id", namespace)
-        if not rows and await self._db.one("SELECT 1 FROM namespaces WHERE name = ?", namespace) is None:
-            raise namespace_not_found(namespace)
+        if not rows:
+            await require_namespace(self._db, namespace)
         processes = await self._db.all("SELECT * FROM processes WHERE namespace = ? ORDER BY created_at", namespace)
         return [self._task(row, [p for p in processes if p["task_id"] == row["id"]]).task for row in rows]
 
