@@ -64,14 +64,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 ## bench: the workloads against the physical floor (bare runc run); writes bench/results.json
-bench: $(STAMP) system-packages
+## (test-packages: W6 pulls from a local docker-registry, its images pushed with skopeo)
+bench: $(STAMP) test-packages
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-## bench-peers: W1, W3, W5 through Cargohold and through a containerd of its own; writes bench/results-peers.json
+## bench-peers: W1, W3, W5, W6 through Cargohold and through a containerd of its own; writes bench/results-peers.json
 # Installs Debian's containerd when missing. Its postinst enables containerd.service and
 # starts it only under systemd (/run/systemd/system); if it did, that service is stopped
 # and disabled again: the harness runs its own containerd on private paths.
-bench-peers: $(STAMP) system-packages
+bench-peers: $(STAMP) test-packages
 	@if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then \
 	  echo "installing containerd (for bench-peers)"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends containerd; \

@@ -116,6 +116,7 @@ _LIMITS: tuple[tuple[str, str, type, str], ...] = (
     ("--event-retention-size", "event_retention_bytes", int, "payload bytes of the events kept in the store"),
     ("--log-line-max-size", "log_line_max_bytes", int, "longest log line served; longer ones come in parts"),
     ("--max-streams-per-client", "max_streams_per_client", int, "event streams and log follows per client (429)"),
+    ("--import-archive-max-members", "import_archive_max_members", int, "members of an image archive (413 above)"),
 )
 
 
@@ -294,9 +295,14 @@ class _WithState:
 class _Server(uvicorn.Server):
     """uvicorn, minus catching SIGTERM/SIGINT itself (`serve` does, for all servers, and
     never re-raises them, which would kill the process before our cleanup and make a
-    clean stop exit with 143), plus
-    telling the app at once that it is stopping, so long-polls end instead of holding it,
-    and a main loop that ticks once a second instead of ten times."""
+    clean stop exit with 143), plus telling the app at once that it is stopping, so
+    long-polls end instead of holding it, and a main loop that ticks once a second
+    instead of ten times.
+
+    uvicorn has no setting for any of these (it takes signals whenever it runs in the main
+    thread, and its tick is fixed), so its internals are overridden: `main_loop`,
+    `capture_signals`, `handle_exit`, and `on_tick` called. tests/unit/
+    test_uvicorn_overrides.py fails the day uvicorn changes under them."""
 
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)

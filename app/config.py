@@ -75,6 +75,9 @@ class Settings:
     import_max_entries: int = 1_000_000
     # Seconds an import's upload may send nothing before it is refused and cleaned up.
     import_idle_timeout: float = 60.0
+    # Members an image archive (POST /images/import) may hold; the name and offsets of each
+    # are kept in memory while it is imported. A docker save has about 4 per layer.
+    import_archive_max_members: int = 10_000
     # Threads extracting imports (their own executor: stalled uploads never hold the
     # default executor's threads); further imports wait for one.
     import_concurrency: int = 4

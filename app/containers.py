@@ -22,6 +22,7 @@ from .models import (
     ContainerCreate,
     ContainerFields,
     ContainerHead,
+    Page,
     PageRequest,
     ProcessOverride,
     SnapshotCreate,
@@ -32,6 +33,7 @@ from .runtime.defaults import DEFAULT_PATH, with_defaults
 from .runtime.logs import TaskLogs
 from .snapshots.service import SnapshotService
 from .store.containers import ContainerStore
+from .store.snapshots import DataDir
 
 # Members a merge-patch may name but never change.
 _IMMUTABLE = ("id", "created_at", "updated_at")
@@ -213,17 +215,17 @@ class ContainerService:
     async def get(self, namespace: str, container_id: str) -> Container:
         return await self._store.get(namespace, container_id)
 
-    async def list_json(
+    async def list_documents(
         self, namespace: str, filter_exprs: Sequence[str] = (), page: PageRequest = FIRST_PAGE
-    ) -> tuple[bytes, str | None]:
-        """The JSON of `ContainerList` for a page of the containers matching any of
-        `filter_exprs`, and its next cursor. Raises INVALID_ARGUMENT for a bad filter
-        (before touching the store) and NOT_FOUND for an unknown namespace."""
+    ) -> Page[bytes]:
+        """A page of the containers matching any of `filter_exprs`, each as its JSON
+        document (`ContainerStore.list_documents`). Raises INVALID_ARGUMENT for a bad
+        filter (before touching the store) and NOT_FOUND for an unknown namespace."""
         match = filters.parse(filter_exprs)
         if match is filters.MATCH_ALL:
-            return await self._store.list_json(namespace, page=page)
+            return await self._store.list_documents(namespace, page=page)
         # The store narrows with the filter's equalities in SQL; `matches` still decides.
-        return await self._store.list_json(
+        return await self._store.list_documents(
             namespace, lambda head: match.matches(container_field(head)), match.equalities(), page
         )
 
@@ -263,7 +265,7 @@ class ContainerService:
             return fields
 
         updated, released = await self._store.update(namespace, container_id, patched)
-        await self._snapshots.remove_data(released)
+        await self._release(released)
         return updated
 
     async def delete(self, namespace: str, container_id: str) -> None:
@@ -272,4 +274,11 @@ class ContainerService:
         last task goes too."""
         released = await self._store.delete(namespace, container_id)
         self._logs.forget(namespace, container_id)  # its last task's log goes with it
-        await self._snapshots.remove_data(released)
+        await self._release(released)
+
+    async def _release(self, released: list[DataDir]) -> None:
+        """Delete the data of the snapshots a container let go; the image chain under them
+        may now be unreached, which is the collector's to judge."""
+        if released:
+            await self._snapshots.remove_data(released)
+            self._snapshots.after_release()

@@ -19,7 +19,10 @@ from . import __version__
 from .config import Settings
 from .containers import ContainerService
 from .content import ContentStore
+from .content.service import ContentService
 from .events import EventBus, EventService
+from .gc import Leases
+from .gc.collector import Collector
 from .images.registry import RegistryClient
 from .images.service import ImageService
 from .models import Event, VersionInfo
@@ -38,6 +41,7 @@ from .snapshots.service import ImportLimits, SnapshotService, Snapshotter
 from .store.containers import ContainerStore
 from .store.db import Database
 from .store.events import EventStore
+from .store.gc import GcStore
 from .store.images import ImageStore
 from .store.namespaces import NamespaceStore
 from .store.snapshots import SnapshotStore
@@ -56,6 +60,8 @@ class Daemon:
     containers: ContainerService
     snapshots: SnapshotService
     images: ImageService
+    content: ContentService
+    collector: Collector
     tasks: TaskService
     monitor: Monitor
     events: EventService
@@ -89,7 +95,12 @@ async def open_daemon(
         container_store = ContainerStore(db, default_snapshotter)
         registry = RegistryClient(ca_dir=settings.registry_ca_dir, insecure_registries=settings.insecure_registries)
         stack.push_async_callback(registry.aclose)
-        images = ImageService(ImageStore(db), ContentStore(settings.root / "content"), registry, snapshots)
+        leases = Leases()
+        content = ContentStore(settings.root / "content")
+        collector = Collector(GcStore(db), content, snapshots, leases)
+        stack.push_async_callback(collector.close)
+        snapshots.after_release = collector.schedule
+        images = ImageService(ImageStore(db), content, registry, snapshots, leases, released=collector.schedule)
         runtimes, conmon, missing = find_runtimes(settings)
         mode = detect_mode()
         monitor = Monitor(mode, settings.monitor_interval, observe_poll)
@@ -118,6 +129,7 @@ async def open_daemon(
         await tasks.recover()
         stack.push_async_callback(tasks.close)
         await snapshots.remove_orphans()
+        await collector.collect()  # what a crash interrupted (a pull, an unpack) is reclaimed now
         yield Daemon(
             settings=settings,
             bus=bus,
@@ -125,6 +137,8 @@ async def open_daemon(
             containers=ContainerService(container_store, snapshots, logs, policy, images),
             snapshots=snapshots,
             images=images,
+            content=ContentService(content),
+            collector=collector,
             tasks=tasks,
             monitor=monitor,
             events=EventService(EventStore(db), bus),

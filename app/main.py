@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from . import __version__
-from .api import containers, events, images, namespaces, snapshots, system, tasks
+from .api import containers, content, events, images, namespaces, snapshots, system, tasks
 from .api.middleware import BodyLimitMiddleware, EncodedSlashMiddleware, TokenAuthMiddleware
 from .api.problems import add_problem_handlers, document_problems
 from .config import Settings
@@ -67,12 +67,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = registry
     app.state.metrics = metrics
     add_problem_handlers(app)
-    for module in (containers, namespaces, snapshots, images, tasks, events, system):
+    for module in (containers, namespaces, snapshots, images, content, tasks, events, system):
         app.include_router(module.router)
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(EncodedSlashMiddleware)
-    # The import streams its tar and counts it against its own, larger limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, unlimited={"/snapshots/import"})
+    # The imports (a snapshot, an image archive) stream their tars against their own, larger limit.
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, unlimited={"/snapshots/import", "/images/import"}
+    )
     if settings.has_tcp_listener:
         public = {"/healthz", "/metrics"} if settings.metrics_public else {"/healthz"}
         app.add_middleware(TokenAuthMiddleware, token=load_token(settings), public_paths=public)

@@ -310,12 +310,26 @@ class ImageList(BaseModel):
     next_cursor: str | None = _NEXT_CURSOR
 
 
+class ContentInfo(BaseModel):
+    """A blob of the content store (global to the daemon, not per namespace)."""
+
+    digest: str
+    size: int
+    created_at: datetime = Field(description="when the blob was committed to the store")
+
+
+class ContentList(BaseModel):
+    blobs: list[ContentInfo]
+    next_cursor: str | None = _NEXT_CURSOR
+
+
 class RegistryCredentials(_Input):
     """Basic credentials, or a bearer token; never stored, logged or echoed."""
 
     username: str | None = None
-    password: str | None = Field(default=None, json_schema_extra={"writeOnly": True})
-    token: str | None = Field(default=None, json_schema_extra={"writeOnly": True})
+    # repr=False: a model printed in a log line or a traceback does not show them.
+    password: str | None = Field(default=None, repr=False, json_schema_extra={"writeOnly": True})
+    token: str | None = Field(default=None, repr=False, json_schema_extra={"writeOnly": True})
 
 
 class ImagePull(_Input):
@@ -325,6 +339,25 @@ class ImagePull(_Input):
     snapshotter: str | None = Field(default=None, description="default: the daemon's snapshotter")
     plain_http: bool = Field(default=False, description="speak plain HTTP to the registry (no TLS)")
     credentials: RegistryCredentials | None = None
+
+
+class ImagePush(_Input):
+    reference: str = Field(description="where to push, e.g. 127.0.0.1:5000/team/busybox:v1 (no tag: latest); "
+                           "name@sha256:... pushes by digest and must name the digest pushed")
+    plain_http: bool = Field(default=False, description="speak plain HTTP to the registry (no TLS)")
+    credentials: RegistryCredentials | None = None
+
+
+class ImagePushResult(BaseModel):
+    reference: str = Field(description="the normalized reference pushed to")
+    digest: str = Field(description="the manifest or index the reference now names in the registry")
+    media_type: str
+    size: int
+    pushed: list[str] = Field(description="blobs uploaded (config and layers; the manifests are PUT on every "
+                              "push, as setting the tag needs)")
+    mounted: list[str] = Field(description="blobs the registry mounted from the image's own repository "
+                               "on the same registry (cross-repository mount): no bytes sent")
+    existing: list[str] = Field(description="blobs the registry had already: not uploaded again")
 
 
 class ImagePatch(_Input):
@@ -493,6 +526,24 @@ class Event(BaseModel):
 class EventPage(BaseModel):
     events: list[Event]
     last_id: int = Field(description="pass as `since` to read the next page")
+
+
+# --- Garbage collection ----------------------------------------------------------
+
+
+class SnapshotRef(BaseModel):
+    namespace: str
+    snapshotter: str
+    key: str
+
+
+class GcResult(BaseModel):
+    """What one garbage collection removed."""
+
+    content: list[str] = Field(description="digests of the blobs removed")
+    snapshots: list[SnapshotRef] = Field(description="the chain snapshots removed")
+    ingests: int = Field(description="abandoned ingests (partial downloads) removed")
+    duration_ms: float
 
 
 # --- Daemon ------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Who may read what on disk (DESIGN "On disk"), checked and fixed at start-up.
 
 Root and state are 0711: others may pass through (to the socket, whose own mode is the
-gate) but not list them. Snapshots, content, logs and task bundles are 0700: layers hold
-setuid binaries and device nodes, bundles and logs hold the containers' environment. The
-database (with its -wal and -shm) and the token are 0600, as is each bundle's
-config.json (written by runtime/bundle.py with `write_private`).
+gate) but not list them. Snapshots, content, the import spool, logs and task bundles are
+0700: layers hold setuid binaries and device nodes, bundles and logs hold the containers'
+environment. The database (with its -wal and -shm) and the token are 0600, as is each
+bundle's config.json (written by runtime/bundle.py with `write_private`).
 
 A path with a wider (or otherwise different) mode is chmod-ed and the change logged; one
 that cannot be trusted - a symbolic link, not a directory, owned by another user - makes
@@ -35,9 +35,9 @@ class StartupError(Exception):
 
 
 def private_dirs(settings: Settings) -> tuple[Path, ...]:
-    """The 0700 directories: snapshots, content (blobs, to come), task logs and bundles."""
+    """The 0700 directories: snapshots, content (blobs), the import spool, task logs and bundles."""
     root, state = settings.root, settings.state
-    return (root / "snapshots", root / "content", root / "logs", state / "tasks")
+    return (root / "snapshots", root / "content", root / "spool", root / "logs", state / "tasks")
 
 
 def secure_layout(settings: Settings) -> None:

@@ -15,6 +15,7 @@ class Topic(StrEnum):
     IMAGE_CREATE = "/images/create"
     IMAGE_UPDATE = "/images/update"
     IMAGE_DELETE = "/images/delete"
+    CONTENT_DELETE = "/content/delete"
     SNAPSHOT_PREPARE = "/snapshot/prepare"
     SNAPSHOT_COMMIT = "/snapshot/commit"
     SNAPSHOT_REMOVE = "/snapshot/remove"

@@ -5,11 +5,13 @@ pool, a thread hop per dependency per request for what is an attribute lookup.""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query, Request, Response
 
 from ..containers import ContainerService
+from ..content.digests import validate_digest
+from ..content.service import ContentService
 from ..daemon import Daemon
 from ..events import EventService
 from ..identifiers import IDENTIFIER_PATTERN, validate_identifier
@@ -51,6 +53,10 @@ async def get_images(daemon: DaemonDep) -> ImageService:
     return daemon.images
 
 
+async def get_content(daemon: DaemonDep) -> ContentService:
+    return daemon.content
+
+
 async def get_tasks(daemon: DaemonDep) -> TaskService:
     return daemon.tasks
 
@@ -80,6 +86,7 @@ Events = Annotated[EventService, Depends(get_events)]
 Snapshots = Annotated[SnapshotService, Depends(get_snapshots)]
 Tasks = Annotated[TaskService, Depends(get_tasks)]
 Images = Annotated[ImageService, Depends(get_images)]
+Content = Annotated[ContentService, Depends(get_content)]
 
 
 async def namespace_header(
@@ -108,7 +115,13 @@ async def namespace_name_path(
     return validate_identifier("namespace", name)
 
 
-async def snapshot_key_path(key: Annotated[str, Path(json_schema_extra={"pattern": IDENTIFIER_PATTERN})]) -> str:
+# A snapshot's key: a user's identifier, or the chain id (`sha256:<hex>`) unpack names a layer by.
+SNAPSHOT_KEY_PATTERN = rf"{IDENTIFIER_PATTERN}|^sha256:[a-f0-9]{{64}}$"
+
+
+async def snapshot_key_path(key: Annotated[str, Path(json_schema_extra={"pattern": SNAPSHOT_KEY_PATTERN})]) -> str:
+    if key.startswith("sha256:"):
+        return validate_digest(key)
     return validate_identifier("snapshot key", key)
 
 
@@ -138,6 +151,24 @@ async def page_query(
 
 
 PageQuery = Annotated[PageRequest, Depends(page_query)]
+
+
+def _filter_query(description: str) -> Any:
+    # The one `filter` query parameter: containerd's syntax (app/filters.py), repeated to
+    # OR. Routes differ only in the fields their filters see, which the description names.
+    # Give it `= []` in the route (FastAPI takes a query parameter's default from there).
+    return Query(alias="filter", description=description)
+
+
+ContainerFilters = Annotated[list[str], _filter_query(
+    "containerd filter syntax, e.g. `labels.env==prod,image~=^busybox`. "
+    "Repeat the parameter to OR filters; `,` inside one ANDs its selectors."
+)]
+EventFilters = Annotated[list[str], _filter_query(
+    'containerd filter syntax over the envelope, e.g. `topic~="^/containers/"`, '
+    "`namespace==default`, `event.id==web`. Repeat to OR."
+)]
+ImageFilters = Annotated[list[str], _filter_query("containerd filter; repeat to OR")]
 
 
 def link_next_page(request: Request, response: Response, next_cursor: str | None) -> None:

@@ -13,17 +13,11 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from ..errors import invalid
 from ..events import EventsLostError
 from ..models import Event, EventPage
-from .deps import DaemonDep, Events, Streams, client_key
+from .deps import DaemonDep, EventFilters, Events, Streams, client_key
 from .problems import problems
 from .sse import event_source, held_while_sent
 
 router = APIRouter(prefix="/events", tags=["events"])
-
-FILTER_DOC = (
-    'containerd filter syntax over the envelope, e.g. `topic~="^/containers/"`, '
-    "`namespace==default`, `event.id==web`. Repeat to OR."
-)
-
 
 MAX_EVENT_ID = 2**63 - 1  # SQLite's largest integer
 
@@ -77,7 +71,7 @@ async def stream_events(
     daemon: DaemonDep,
     streams: Streams,
     request: Request,
-    filters: Annotated[list[str], Query(alias="filter", description=FILTER_DOC)] = [],  # noqa: B006
+    filters: EventFilters = [],  # noqa: B006
     since: Annotated[str | None, Query(description="replay events after this id")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
@@ -96,7 +90,7 @@ async def stream_events(
 @router.get("/history", summary="Read stored events, a page at a time", responses=problems(400, 422))
 async def list_events(
     events: Events,
-    filters: Annotated[list[str], Query(alias="filter", description=FILTER_DOC)] = [],  # noqa: B006
+    filters: EventFilters = [],  # noqa: B006
     since: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="events after this id")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventPage:

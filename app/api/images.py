@@ -3,29 +3,23 @@
 Image names are normalized references holding `/` and `:`
 (`docker.io/library/busybox:latest`), so the routes take them whole as a path
 (`GET /images/docker.io/library/busybox:latest`). A stored name always ends in a tag or a
-digest, never in `/config`, so `/images/{name}/config` cannot be mistaken for a name.
+digest, never in `/config`, `/export` or `/push`, so `/images/{name}/config` (and the others)
+cannot be mistaken for a name.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
-from collections.abc import AsyncIterator
-from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
-from sse_starlette import ServerSentEvent
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..errors import CargoholdError
-from ..images.service import ImageService
-from ..models import Image, ImageList, ImagePatch, ImagePull
-from .deps import DaemonDep, Images, NamespaceHeader, PageQuery, Streams, client_key, link_next_page
-from .problems import STATUS, problems
-from .sse import event_source, held_while_sent
+from ..images.archive import ArchiveLimits
+from ..models import Image, ImageList, ImagePatch, ImagePull, ImagePush, ImagePushResult
+from .deps import DaemonDep, ImageFilters, Images, NamespaceHeader, PageQuery, Streams, client_key, link_next_page
+from .problems import problems
+from .sse import Report, event_source, held_while_sent, progress_frames
 
 log = logging.getLogger(__name__)
 
@@ -67,49 +61,62 @@ async def pull_image(
 ) -> Response:
     if "text/event-stream" in accept:
         release = streams.acquire(client_key(request), "a pull progress stream")
-        return held_while_sent(event_source(_pull_frames(images, namespace, body), daemon.settings), release)
+
+        async def pulled(report: Report) -> Image:
+            image, _ = await images.pull(namespace, body, report)
+            return image
+
+        return held_while_sent(event_source(progress_frames(pulled, "pull"), daemon.settings), release)
     image, _ = await images.pull(namespace, body)
     return JSONResponse(image.model_dump(mode="json"), 201, headers={"Location": f"/images/{image.name}"})
 
 
-async def _pull_frames(images: ImageService, namespace: str, body: ImagePull) -> AsyncIterator[ServerSentEvent]:
-    """The pull's progress as SSE frames; the pull runs as a task of its own, cancelled if
-    the client goes (the generator is closed)."""
-    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-    pulling = asyncio.create_task(images.pull(namespace, body, lambda kind, data: queue.put_nowait((kind, data))),
-                                  name="cargohold.pull")
-    try:
-        while True:
-            following = asyncio.ensure_future(queue.get())
-            await asyncio.wait({following, pulling}, return_when=asyncio.FIRST_COMPLETED)
-            if not following.done():
-                following.cancel()
-                break
-            kind, data = following.result()
-            yield ServerSentEvent(data=json.dumps(data), event=kind)
-        while not queue.empty():
-            kind, data = queue.get_nowait()
-            yield ServerSentEvent(data=json.dumps(data), event=kind)
-        try:
-            image, _ = pulling.result()
-        except CargoholdError as error:
-            yield _error_frame(STATUS[error.kind], error.detail, f"urn:cargohold:problem:{error.kind.value}")
-            return
-        except Exception:
-            log.exception("pull of %s failed", body.reference[:300])
-            yield _error_frame(500, "the pull failed on an internal error; the daemon's log says more")
-            return
-        yield ServerSentEvent(data=image.model_dump_json(), event="done")
-    finally:
-        if not pulling.done():
-            pulling.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(asyncio.wait([pulling]))
-
-
-def _error_frame(status: int, detail: str, kind: str = "about:blank") -> ServerSentEvent:
-    problem = {"type": kind, "title": HTTPStatus(status).phrase, "status": status, "detail": detail}
-    return ServerSentEvent(data=json.dumps(problem), event="error")
+@router.post(
+    "/import",
+    status_code=201,
+    summary="Import images from an OCI image layout tar or a docker save archive",
+    description="The body is an OCI image layout as a tar (`oci-layout`, `index.json`, `blobs/...`, as "
+    "`skopeo copy ... oci-archive:FILE` or `GET /images/{name}/export` write it) or a `docker save` archive "
+    "(`manifest.json`), plain or compressed with gzip, zstd, bzip2 or xz (told from its bytes); any content "
+    "type is accepted. The upload is spooled to an unnamed file in a private directory of the daemon (never "
+    "held in memory, gone when the import ends) and counted against `--import-max-size`, the tar again once "
+    "decompressed (413), with at most `--import-archive-max-members` members (413). Every blob goes into the "
+    "content store with its digest and size verified: an OCI layout's against their descriptors; a docker "
+    "save's config and layer tars are hashed as they are stored and get a Docker schema 2 manifest "
+    "(`application/vnd.docker.image.rootfs.diff.tar` layers). From an index, the manifest of the daemon's "
+    "platform is imported, as a pull does. The layers are unpacked as committed snapshots named by chain id; "
+    "a layer that would write outside its root is a 400.\n\n"
+    "Names, as containerd's import: an index.json entry's `io.containerd.image.name` annotation, else its "
+    "`org.opencontainers.image.ref.name` when that is a full reference (holding `/`, `:` or `@`); a docker "
+    "save image's `RepoTags` (one image per tag); normalized as pulled names are. `name` names the rest: an "
+    "entry whose ref name is a bare tag (`latest`, as umoci writes) becomes `name:tag`, an image with no name "
+    "at all becomes `name` (`:latest` if it has no tag); an image left without a name is a 400. An existing "
+    "name is pointed at the imported image (`/images/update`).\n\n"
+    "201: the images made or updated, in the archive's order. A refused import (400: not a tar, a truncated "
+    "tar, broken compression, a missing blob, a digest or size mismatch, an unknown media type, a platform "
+    "the index lacks; 413) creates no image and leaves no partial blob; blobs and layers it had stored are "
+    "reclaimed by garbage collection.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            # Any Content-Type is read as the archive; octet-stream is what generated clients send.
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+    responses=problems(400, 413, 422),
+)
+async def import_images(
+    request: Request,
+    images: Images,
+    namespace: NamespaceHeader,
+    daemon: DaemonDep,
+    name: Annotated[str | None, Query(description="the repository (or whole name) of images the archive does "
+                                      "not name fully, e.g. example.com/app")] = None,
+    snapshotter: Annotated[str | None, Query(description="overlayfs or native; default: the daemon's "
+                                             "snapshotter")] = None,
+) -> list[Image]:
+    limits = ArchiveLimits.from_settings(daemon.settings)
+    return [*await images.import_archive(namespace, request.stream(), limits, name, snapshotter)]
 
 
 @router.get(
@@ -125,11 +132,56 @@ async def list_images(
     page: PageQuery,
     request: Request,
     response: Response,
-    filter: Annotated[list[str], Query(description="containerd filter; repeat to OR")] = [],  # noqa: B006
+    filters: ImageFilters = [],  # noqa: B006
 ) -> ImageList:
-    found = await images.list(namespace, filter, page)
+    found = await images.list(namespace, filters, page)
     link_next_page(request, response, found.next_cursor)
     return ImageList(images=found.items, next_cursor=found.next_cursor)
+
+
+@router.post(
+    "/{name:path}/push",
+    summary="Push an image to a registry",
+    description="Uploads the image's config and layers, then its manifest, then (for an index) the index, "
+    "and tags it with the reference's tag (or names it by digest). A blob the registry already has is not "
+    "sent again (each is asked for with HEAD first); one it lacks is mounted from the image's own "
+    "repository when the image came from the same registry (cross-repository mount), else uploaded from "
+    "the content store. An index whose manifests are not all in the content store (a pull keeps only the "
+    "platform it chose) is pushed as the pulled platform's manifest alone, under the tag, as Docker pushes "
+    "a single-platform image; `digest` in the answer says what the reference now names. Nothing changes in "
+    "the daemon. 404: no such image (or the registry said so); 409: the image's content is incomplete; "
+    "401: credentials missing or refused; 503: the registry is unreachable or failed.",
+    responses=problems(400, 401, 404, 409, 413, 422, 503),
+)
+async def push_image(name: ImageName, body: ImagePush, images: Images, namespace: NamespaceHeader) -> ImagePushResult:
+    return await images.push(namespace, name, body)
+
+
+@router.get(
+    "/{name:path}/export",
+    summary="Export an image as an OCI image layout tar",
+    description="An OCI image layout as a tar (sent as `application/octet-stream`, streamed, its length "
+    "announced): "
+    "`oci-layout`, `index.json`, then each blob once as `blobs/sha256/<hex>`; what `skopeo` "
+    "(`oci-archive:FILE`), `umoci` (on the extracted directory) and `POST /images/import` read. index.json "
+    "holds one entry annotated with the image's name (`io.containerd.image.name`) and tag "
+    "(`org.opencontainers.image.ref.name`), so an import names it as it was. The entry is the image's target, "
+    "or, for an index whose manifests are not all in the content store (a pull keeps only the platform it "
+    "chose), the pulled platform's manifest alone, as `docker save` does. 404: no such image; 409: its "
+    "content is incomplete.",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+               **problems(400, 404, 409)},
+)
+async def export_image(name: ImageName, images: Images, namespace: NamespaceHeader) -> StreamingResponse:
+    image, size, chunks = await images.export(namespace, name)
+    filename = image.name.translate(_FILENAME_SAFE)
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers={
+        "Content-Length": str(size), "Content-Disposition": f'attachment; filename="{filename}.tar"'})
+
+
+# A name's characters a file name should not hold (a name is [A-Za-z0-9._-/:@] and IPv6 brackets).
+_FILENAME_SAFE = str.maketrans("/:@[]", "_____")
 
 
 @router.get(

@@ -49,6 +49,7 @@ _DESCRIPTIONS = {
     409: "Conflict: it exists already, is in use, or is in the wrong state",
     412: "If-Match did not match the current ETag",
     413: "Request body too large",
+    416: "Range Not Satisfiable: no range of the Range header is inside the content",
     422: "A field failed validation; `errors` names each one",
     429: "Too many streams open from this client: close one, or retry later",
     503: "The runtime is not available",

@@ -5,20 +5,34 @@ sse-starlette notices uvicorn's shutdown and sets a `shutdown_event`; a stream t
 finishes within the grace period gets a proper end (the final chunk) instead of being
 cut. `event_source` wires that up: the frames are read until the event is set.
 `held_while_sent` releases a client's stream slot (`ClientStreams`) when its response
-ends, however it ends.
+ends, however it ends. `progress_frames` turns an operation that reports progress through
+a callback (a pull) into frames: each report, then `done` or `error`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from http import HTTPStatus
+from typing import Any
 
 import anyio
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..config import Settings
+from ..errors import CargoholdError
+from .problems import STATUS
+
+log = logging.getLogger(__name__)
+
+# What an operation reports as it goes: (event name, JSON data).
+Report = Callable[[str, dict[str, Any]], None]
 
 SHUTDOWN_GRACE_SECONDS = 2.0
 
@@ -89,3 +103,47 @@ async def _until(shutdown: anyio.Event, frames: AsyncIterator[ServerSentEvent]) 
         aclose = getattr(frames, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def progress_frames(
+    run: Callable[[Report], Coroutine[Any, Any, BaseModel]], what: str
+) -> AsyncIterator[ServerSentEvent]:
+    """`run(report)` as SSE frames: every report as an event of its name, then `done` with
+    the result, or `error` with a problem+json body (its `status` what the plain call would
+    answer). The operation runs as a task of its own, cancelled if the client goes (the
+    generator is closed); `what` names it in the log."""
+    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+    running: asyncio.Task[BaseModel] = asyncio.create_task(
+        run(lambda kind, data: queue.put_nowait((kind, data))), name=f"cargohold.{what}")
+    try:
+        while True:
+            following = asyncio.ensure_future(queue.get())
+            await asyncio.wait({following, running}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                break
+            kind, data = following.result()
+            yield ServerSentEvent(data=json.dumps(data), event=kind)
+        while not queue.empty():
+            kind, data = queue.get_nowait()
+            yield ServerSentEvent(data=json.dumps(data), event=kind)
+        try:
+            result = running.result()
+        except CargoholdError as error:
+            yield _error_frame(STATUS[error.kind], error.detail, f"urn:cargohold:problem:{error.kind.value}")
+            return
+        except Exception:
+            log.exception("%s failed", what)
+            yield _error_frame(500, f"the {what} failed on an internal error; the daemon's log says more")
+            return
+        yield ServerSentEvent(data=result.model_dump_json(), event="done")
+    finally:
+        if not running.done():
+            running.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(asyncio.wait([running]))
+
+
+def _error_frame(status: int, detail: str, kind: str = "about:blank") -> ServerSentEvent:
+    problem = {"type": kind, "title": HTTPStatus(status).phrase, "status": status, "detail": detail}
+    return ServerSentEvent(data=json.dumps(problem), event="error")

@@ -1,4 +1,4 @@
-"""Routes about the daemon itself: /healthz, /version and /metrics."""
+"""Routes about the daemon itself: /healthz, /version, /metrics and /gc."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..metrics import DaemonMetrics
-from ..models import Health, VersionInfo
+from ..models import GcResult, Health, VersionInfo
 from .deps import DaemonDep
 
 router = APIRouter(tags=["system"])
@@ -35,3 +35,16 @@ async def get_metrics(request: Request, daemon: DaemonDep) -> Response:
     metrics: DaemonMetrics = request.app.state.metrics
     metrics.set_task_counts(await daemon.tasks.count_by_status())
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post(
+    "/gc",
+    summary="Run garbage collection now",
+    description="Removes the blobs no image reaches, the chain snapshots (`sha256:...`) no image, container or "
+    "other snapshot reaches, and abandoned ingests; work in progress (a pull, an import) is never touched. "
+    "A collection also runs at start-up and after each delete of an image, a container or a snapshot; this "
+    "one waits for any in progress, then runs and says what it removed. Daemon-wide: content is shared by "
+    "every namespace.",
+)
+async def collect_garbage(daemon: DaemonDep) -> GcResult:
+    return await daemon.collector.collect()

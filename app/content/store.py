@@ -444,6 +444,28 @@ class ContentStore:
                 return status
         raise not_found(f'ingest "{ref}" not found')
 
+    async def remove_idle_ingests(self) -> list[str]:
+        """Remove every ingest no writer holds (abandoned by a failed or interrupted write, or
+        half-made by a crash); return the directory names removed. Garbage collection's: an
+        interrupted pull leaves no partial blob once it has run."""
+        root = self.root / "ingest"
+        names = await asyncio.to_thread(lambda: sorted(os.listdir(root)) if root.is_dir() else [])
+        # A writer registers its ref on the loop before it touches its directory, so checking
+        # and renaming it away here, in one step of the loop, cannot race one.
+        busy = {self._ingest_dir(ref).name for ref, entry in self._locks.items() if entry.users}
+        idle = [name for name in names if name not in busy]
+        doomed: list[Path] = []
+        for name in idle:
+            away = root / f".removing-{name}"
+            try:
+                os.rename(root / name, away)
+            except FileNotFoundError:
+                continue
+            doomed.append(away)
+        for path in doomed:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+        return [path.name.removeprefix(".removing-") for path in doomed]
+
     async def abort(self, ref: str) -> None:
         """Remove the ingest `ref`: NOT_FOUND if there is none, CONFLICT while a writer holds it."""
         validate_ref(ref)

@@ -25,14 +25,16 @@ other refusals). Credentials and tokens never appear in an error or a log line.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlencode
 
 import httpx
@@ -50,6 +52,8 @@ from .descriptors import (
 from .references import Reference
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Manifests are read whole into memory; containerd and distribution cap them at 4 MiB.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -478,6 +482,24 @@ class Repository:
         answered = response.headers.get("Docker-Content-Digest")
         if answered is not None and answered != desc.digest:
             raise invalid(f"registry {self._host} stored {what} under digest {answered}")
+
+
+async def each_at_most(limit: int, items: Iterable[T], action: Callable[[T], Awaitable[object]]) -> None:
+    """`action` on every item, at most `limit` at once (transfers with one registry). The
+    first failure is raised as itself: the others are its echoes (cancelled siblings)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(item: T) -> None:
+        async with gate:
+            await action(item)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for item in items:
+                group.create_task(one(item))
+    except BaseExceptionGroup as failed:
+        errors = [e for e in failed.exceptions if isinstance(e, CargoholdError)]
+        raise (errors[0] if errors else failed.exceptions[0]) from None
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:

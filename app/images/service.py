@@ -1,122 +1,44 @@
-"""ImageService: pull, list, get, label and delete images (containerd's `core/images` + `client.Pull`).
+"""ImageService: the rules of images (containerd's `core/images`): pull, push, import, export,
+list, get, label and delete.
 
-A pull walks what the reference names, storing every blob in the content store as it goes:
-
-    resolve -> the target (index or manifest) -> the manifest of the platform chosen from an
-    index (the host's by default) -> its config -> its layers (fetched concurrently, at most
-    `PULL_CONCURRENCY` at once) -> unpacked as chain-id snapshots -> the image row
-
-The row is written last, in one transaction with its event, so a pull that fails at any
-step leaves no image. What it leaves: the blobs it had verified and committed, an ingest
-of a transfer cut short (the next pull resumes it), and the chain snapshots of the layers
-it had unpacked before the failing one; reclaiming those is garbage collection's job (to
-come), as in containerd. Names are normalized references (`references.py`).
+Each transfer has a module of its own (`pull.py`, `push.py`, `import_export.py`); this
+service gives each its lease and writes the image rows, last, in one transaction with their
+events, so an operation that fails at any step leaves no image, and what it stored is
+garbage collection's once its lease ends. Deleting an image schedules a collection. Names
+are normalized references (`references.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import platform as host_platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from .. import filters
 from ..content import ContentStore
-from ..errors import CargoholdError, ErrorKind, invalid, not_found
+from ..errors import CargoholdError, invalid, not_found
+from ..gc import Leases
 from ..identifiers import labels_problem
 from ..mergepatch import apply_merge_patch
-from ..models import FIRST_PAGE, Image, ImagePatch, ImagePull, Page, PageRequest
-from ..models import Descriptor as ImageTarget
+from ..models import (
+    FIRST_PAGE,
+    Image,
+    ImagePatch,
+    ImagePull,
+    ImagePush,
+    ImagePushResult,
+    Page,
+    PageRequest,
+    RegistryCredentials,
+)
 from ..snapshots.service import SnapshotService
 from ..store.images import ImageStore
-from .descriptors import INDEX_TYPES, MANIFEST_TYPES, Descriptor
+from . import pull, push
+from .archive import ArchiveLimits, Chunks, spooled
+from .documents import Platform, diff_ids_in, host_platform_name, parse_json
+from .import_export import Importer, export
 from .references import parse_reference
-from .registry import Credentials, RegistryClient, Repository
-from .unpack import chain_ids, check_layers, unpack
-
-# What a pull reports as it goes, for a progress stream: (kind, data), kind one of
-# "resolved" {reference, target}, "progress" {digest, media_type, bytes, total}, "unpacked"
-# {layer, chain_id, reused}.
-PullProgress = Callable[[str, dict[str, Any]], None]
-
-# Blobs of one pull downloaded at once.
-PULL_CONCURRENCY = 3
-# An image config is read whole into memory; real ones are a few KiB.
-MAX_CONFIG_BYTES = 8 * 1024 * 1024
-# Timestamps of an image before the store sets them.
-_EPOCH = datetime.fromtimestamp(0, UTC)
-# Go's GOARCH for the machine names Python reports.
-_ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
-                  "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
-
-
-def host_platform_name() -> str:
-    """`linux/<GOARCH>` of this machine."""
-    machine = host_platform.machine().lower()
-    return f"linux/{_ARCHITECTURES.get(machine, machine)}"
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        parts = text.split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise invalid(f'platform "{text[:100]}" must be os/architecture or os/architecture/variant')
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
-
-    @classmethod
-    def of(cls, document: Any) -> Platform | None:
-        if not isinstance(document, dict):
-            return None
-        os_name, arch, variant = document.get("os"), document.get("architecture"), document.get("variant")
-        if not isinstance(os_name, str) or not isinstance(arch, str):
-            return None
-        return cls(os_name, arch, variant if isinstance(variant, str) and variant else None)
-
-    def matches(self, other: Platform) -> bool:
-        """`other` (what an index offers) serves this platform (what was asked)."""
-        if (self.os, self.architecture) != (other.os, other.architecture):
-            return False
-        return self.variant is None or other.variant is None or self.variant == other.variant
-
-    def __str__(self) -> str:
-        return "/".join(part for part in (self.os, self.architecture, self.variant) if part)
-
-
-def _json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        document = json.loads(data)
-    except ValueError:
-        raise invalid(f"{what} is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise invalid(f"{what} is not a JSON object")
-    return document
-
-
-def _descriptors(document: dict[str, Any], member: str, what: str) -> list[Descriptor]:
-    items = document.get(member)
-    if not isinstance(items, list):
-        raise invalid(f"{what} has no {member} list")
-    return [Descriptor.from_json(item, f"{what}: {member}[{i}]") for i, item in enumerate(items)]
-
-
-def _diff_ids(config: dict[str, Any], what: str) -> list[str]:
-    rootfs = config.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
-        raise invalid(f"{what} has no rootfs.diff_ids list")
-    for diff_id in diff_ids:
-        if not diff_id.startswith("sha256:"):
-            raise invalid(f"{what}: diff id {diff_id[:100]!r} is not a sha256 digest")
-    return list(diff_ids)
+from .registry import Credentials, RegistryClient
+from .unpack import chain_ids
 
 
 def image_field(image: Image) -> filters.FieldGetter:
@@ -141,17 +63,18 @@ def image_field(image: Image) -> filters.FieldGetter:
 
 class ImageService:
     def __init__(self, store: ImageStore, content: ContentStore, registry: RegistryClient,
-                 snapshots: SnapshotService, platform: str | None = None) -> None:
+                 snapshots: SnapshotService, leases: Leases, released: Callable[[], None] = lambda: None,
+                 platform: str | None = None) -> None:
         self._store = store
         self._content = content
         self._registry = registry
         self._snapshots = snapshots
+        self._leases = leases
+        self._released = released  # schedules a garbage collection
         self.platform = Platform.parse(platform or host_platform_name())
 
-    # pull
-
     async def pull(self, namespace: str, body: ImagePull,
-                   progress: PullProgress | None = None) -> tuple[Image, bool]:
+                   progress: pull.PullProgress | None = None) -> tuple[Image, bool]:
         """Pull (and by default unpack) `body.reference`; create or update its image row.
         Returns the image and whether it was created. Raises INVALID_ARGUMENT (a bad
         reference or platform, a digest or size mismatch, an unsupported media type, no
@@ -161,93 +84,63 @@ class ImageService:
         wanted = Platform.parse(body.platform) if body.platform is not None else self.platform
         if body.unpack:
             self._snapshots.snapshotter(body.snapshotter)  # an unknown snapshotter: before any download
-        credentials = None
-        if body.credentials is not None:
-            given = body.credentials
-            credentials = Credentials(username=given.username, password=given.password, token=given.token)
-        repository = self._registry.repository(reference, credentials=credentials, plain_http=body.plain_http)
-        target = await repository.resolve()
-        report: PullProgress = progress or (lambda kind, data: None)
-        report("resolved", {"reference": str(reference), "target": {
-            "media_type": target.media_type, "digest": target.digest, "size": target.size}})
+        repository = self._registry.repository(reference, credentials=_credentials(body.credentials),
+                                               plain_http=body.plain_http)
+        async with self._leases.lease("pull") as lease:
+            image = await pull.pull(self._content, self._snapshots, repository, lease, namespace, body, reference,
+                                    wanted, progress)
+            return await self._store.put(namespace, image)
 
-        def fetched(desc: Descriptor, done: int) -> None:
-            report("progress", {"digest": desc.digest, "media_type": desc.media_type, "bytes": done,
-                                "total": desc.size})
+    async def push(self, namespace: str, name: str, body: ImagePush) -> ImagePushResult:
+        """Push image `name` to `body.reference` (see `push.py`). Raises INVALID_ARGUMENT (a
+        bad reference; a digest in it other than the one pushed), NOT_FOUND (no such image;
+        or from the registry), CONFLICT (the image's content is incomplete),
+        UNAUTHENTICATED, UNAVAILABLE. Nothing changes in the daemon: no row, no event; what a
+        failed push uploaded stays in the registry, unreferenced."""
+        reference = parse_reference(body.reference)
+        image = await self.get(namespace, name)
+        async with self._leases.lease("push") as lease:  # the image may be deleted meanwhile
+            planned = await push.plan(self._content, image, lease)
+            if reference.digest is not None and reference.digest != planned.top.digest:
+                raise invalid(f'image "{image.name}" pushes as {planned.top.digest}, not {reference.digest}; '
+                              "name that digest, or a tag")
+            repository = self._registry.repository(reference, credentials=_credentials(body.credentials),
+                                                   plain_http=body.plain_http, push=True)
+            pushed = await push.push(self._content, repository, planned, push.mount_source(image.name, reference))
+        return ImagePushResult(reference=str(reference), digest=planned.top.digest,
+                               media_type=planned.top.media_type, size=planned.top.size,
+                               pushed=pushed.uploaded, mounted=pushed.mounted, existing=pushed.exists)
 
-        size = 0  # of the index (if any) and of what the chosen manifest reaches
-        manifest_desc = target
-        platforms: list[str] = []
-        if target.media_type in INDEX_TYPES:
-            index_data = await repository.fetch_manifest(target)
-            await self._content.put(index_data, target.digest)
-            what = f'index {target.digest} of "{reference}"'
-            entries = _descriptors(_json(index_data, what), "manifests", what)
-            offered = [(entry, Platform.of(entry.platform)) for entry in entries]
-            platforms = sorted({str(p) for _, p in offered if p is not None})
-            chosen = next((entry for entry, p in offered if p is not None and wanted.matches(p)
-                           and entry.media_type in MANIFEST_TYPES), None)
-            if chosen is None:
-                raise invalid(f'image "{reference}" has no manifest for platform {wanted}; it offers '
-                              f"{', '.join(platforms) or 'none'}")
-            manifest_desc = chosen
-            size += target.size
-        elif target.media_type not in MANIFEST_TYPES:
-            raise invalid(f'image "{reference}" is a {target.media_type[:100]}, not an image manifest or index')
-        manifest_data = await repository.fetch_manifest(manifest_desc)
-        what = f'manifest {manifest_desc.digest} of "{reference}"'
-        manifest = _json(manifest_data, what)
-        config_desc = Descriptor.from_json(manifest.get("config"), f"{what}: config")
-        layers = _descriptors(manifest, "layers", what)
-        if config_desc.size > MAX_CONFIG_BYTES:
-            raise CargoholdError(ErrorKind.TOO_LARGE, f"{what}: the config is {config_desc.size} bytes; "
-                                 f"configs are limited to {MAX_CONFIG_BYTES}")
-        await repository.fetch(config_desc, self._content, fetched)
-        config_what = f'config {config_desc.digest} of "{reference}"'
-        config = _json(await self._content.read(config_desc.digest), config_what)
-        diff_ids = _diff_ids(config, config_what)
-        check_layers(layers, diff_ids, what)
-        if not platforms:
-            own = Platform.of(config)
-            platforms = [str(own)] if own is not None else []
-            # A platform asked for by name must be the image's (the host's default is not enforced
-            # on a plain manifest, as Docker pulls it and leaves running it to the runtime).
-            if body.platform is not None and own is not None and not wanted.matches(own):
-                raise invalid(f'image "{reference}" is for platform {own}, not {wanted}')
-        await self._fetch_layers(repository, layers, fetched)
-        # The manifest goes in last of the blobs: a manifest in the store means its parts are there.
-        await self._content.put(manifest_data, manifest_desc.digest)
-        if body.unpack:
-            await unpack(namespace, body.snapshotter, self._content, self._snapshots, layers, diff_ids,
-                         lambda layer, chain_id, made: report("unpacked", {
-                             "layer": layer.digest, "chain_id": chain_id, "reused": not made}))
-        size += manifest_desc.size + config_desc.size + sum(layer.size for layer in layers)
-        image = Image(
-            name=str(reference),
-            target=ImageTarget(media_type=target.media_type, digest=target.digest, size=target.size),
-            labels={}, size=size, platforms=platforms, config_digest=config_desc.digest,
-            created_at=_EPOCH, updated_at=_EPOCH,  # set by the store
-        )
-        return await self._store.put(namespace, image)
+    async def import_archive(self, namespace: str, body: Chunks, limits: ArchiveLimits, name: str | None = None,
+                             snapshotter: str | None = None) -> Sequence[Image]:
+        """Import the images of an OCI image layout tar or a `docker save` archive (plain or
+        compressed) streamed as `body`: one image row per name, in the archive's order, with
+        one /images/create (or /update) event each.
 
-    async def _fetch_layers(self, repository: Repository, layers: Sequence[Descriptor],
-                            fetched: Callable[[Descriptor, int], None]) -> None:
-        gate = asyncio.Semaphore(PULL_CONCURRENCY)
+        The body is spooled, never held in memory (`archive.spooled`); names are the
+        archive's own (`archive.image_names`), `name` the repository of images that carry
+        only a tag and the name of those that carry none. Raises INVALID_ARGUMENT (not a tar,
+        truncated, broken compression, a missing blob, a digest or size mismatch, an unknown
+        media type, a layer that escapes its root, an image with no name, an index with no
+        manifest for this platform) or TOO_LARGE; then no row is written and no spool file
+        or ingest is left."""
+        base = parse_reference(name, default_tag=False) if name is not None else None
+        self._snapshots.snapshotter(snapshotter)  # an unknown snapshotter: before the upload is read
+        async with self._leases.lease("import") as lease, spooled(body, limits) as archive:
+            importer = Importer(self._content, self._snapshots, lease, namespace, self.platform, snapshotter)
+            made = await importer.images(archive, base)
+            return [(await self._store.put(namespace, image))[0] for image in made]
 
-        async def fetch(layer: Descriptor) -> None:
-            async with gate:
-                await repository.fetch(layer, self._content, fetched)
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for layer in layers:
-                    group.create_task(fetch(layer))
-        except BaseExceptionGroup as failed:
-            # The first failure says what went wrong; the others are its echoes (cancelled siblings).
-            errors = [e for e in failed.exceptions if isinstance(e, CargoholdError)]
-            raise (errors[0] if errors else failed.exceptions[0]) from None
-
-    # the rest
+    async def export(self, namespace: str, name: str) -> tuple[Image, int, Chunks]:
+        """Image `name` as an OCI image layout tar: the image, the tar's length, its chunks.
+        The entry is the image's target; or, for an index whose manifests are not all in the
+        content store, the manifest of the platform pulled, alone, as `docker save` does (the
+        same choice as a push). Raises NOT_FOUND (no such image), CONFLICT (its content is
+        incomplete), INVALID_ARGUMENT (a target that is neither manifest nor index), all
+        before the first chunk."""
+        image = await self.get(namespace, name)
+        size, chunks = await export(self._content, self._leases, image)
+        return image, size, chunks
 
     async def get(self, namespace: str, name: str) -> Image:
         return await self._store.get(namespace, _normalized(name))
@@ -265,13 +158,13 @@ class ImageService:
         image = await self.get(namespace, name)
         if image.config_digest is None:
             raise not_found(f'image "{image.name}" has no config')
-        return _json(await self._content.read(image.config_digest), f"config {image.config_digest}")
+        return parse_json(await self._content.read(image.config_digest), f"config {image.config_digest}")
 
     async def chain_id(self, namespace: str, name: str) -> tuple[Image, dict[str, Any], str | None]:
         """The image, its config and the chain id of its top layer (None for no layers)."""
         image = await self.get(namespace, name)
         config = await self.config(namespace, name)
-        chain = chain_ids(_diff_ids(config, f"config {image.config_digest}"))
+        chain = chain_ids(diff_ids_in(config, f"config {image.config_digest}"))
         return image, config, chain[-1] if chain else None
 
     async def patch(self, namespace: str, name: str, body: ImagePatch) -> Image:
@@ -290,7 +183,16 @@ class ImageService:
         return await self._store.update_labels(namespace, name, labels)
 
     async def delete(self, namespace: str, name: str) -> Image:
-        return await self._store.delete(namespace, _normalized(name))
+        """The name goes now; what only it reached goes at the collection this schedules."""
+        image = await self._store.delete(namespace, _normalized(name))
+        self._released()
+        return image
+
+
+def _credentials(given: RegistryCredentials | None) -> Credentials | None:
+    if given is None:
+        return None
+    return Credentials(username=given.username, password=given.password, token=given.token)
 
 
 def _normalized(name: str) -> str:

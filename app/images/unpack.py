@@ -21,6 +21,7 @@ from contextlib import aclosing
 
 from ..content import ContentStore
 from ..errors import invalid
+from ..gc import Lease
 from ..snapshots.service import SnapshotService
 from .descriptors import DOCKER_LAYER_GZIP, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor
 
@@ -54,14 +55,18 @@ def check_layers(layers: Sequence[Descriptor], diff_ids: Sequence[str], what: st
 
 
 async def unpack(namespace: str, snapshotter: str | None, store: ContentStore, snapshots: SnapshotService,
-                 layers: Sequence[Descriptor], diff_ids: Sequence[str],
+                 layers: Sequence[Descriptor], diff_ids: Sequence[str], lease: Lease,
                  done: Callable[[Descriptor, str, bool], None] | None = None) -> list[str]:
     """Apply `layers` (fetched into `store`) as committed snapshots; return their chain ids,
-    bottom first. A failure leaves the layers below it unpacked (and reusable) and nothing
-    of the failing one. `done(layer, chain_id, made)` is called after each layer."""
+    bottom first. Each chain id is held in `lease` before it is looked for, so a collection
+    cannot take a reused one from under the next layer. A failure leaves the layers below it
+    unpacked (and, once the lease ends, GC's to reclaim) and nothing of the failing one.
+    `done(layer, chain_id, made)` is called after each layer."""
     chain = chain_ids(diff_ids)
+    snapshotter_name = snapshots.snapshotter(snapshotter).name
     parent: str | None = None
     for layer, diff_id, chain_id in zip(layers, diff_ids, chain, strict=True):
+        await lease.hold_snapshot(namespace, snapshotter_name, chain_id)
         async with aclosing(_blob(store, layer.digest)) as body:
             _, made = await snapshots.import_layer(namespace, snapshotter, chain_id, parent, body, diff_id)
         log.debug("layer %s: %s snapshot %s", layer.digest, "unpacked as" if made else "reused", chain_id)

@@ -15,6 +15,8 @@ import os
 from contextlib import suppress
 from pathlib import Path
 
+from ..mountinfo import read_mounts
+
 # Shared by every daemon on the host and never removed by one (another may be creating
 # its own parent below it at that moment).
 CGROUP_ROOT_NAME = "/cargohold"
@@ -46,13 +48,7 @@ def task_cgroup(parent: str, namespace: str, task_id: str) -> str:
 def hierarchies() -> tuple[Path, ...]:
     """Mount points of every cgroup v1 hierarchy and of the v2 (unified) one. Read once:
     a host does not remount its cgroup hierarchies under a running daemon."""
-    found = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            before, _, after = line.partition(" - ")
-            if after.split()[0] in ("cgroup", "cgroup2"):
-                found.append(Path(before.split()[4]))
-    return tuple(found)
+    return tuple(Path(mount.mount_point) for mount in read_mounts() if mount.fstype in ("cgroup", "cgroup2"))
 
 
 def frozen(relative: str) -> bool:

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..models import Container
-from ..snapshots.mounts import mount_all, mount_points_under, unmount
+from ..snapshots.mounts import mount_all, unmount_and_remove, unmount_under
 from ..snapshots.service import SnapshotService
 from .bundle import runtime_id, write_config
 from .conmon import Conmon, Started
-from .exits import remove_task_dir, shielded_thread
+from .exits import shielded_thread
 from .layout import TaskLayout
 from .live import LiveTasks
 from .oci import OCIRuntime
@@ -63,7 +63,15 @@ async def run_steps(steps: Sequence[CreateStep], context: CreateContext, undo: A
 
 
 async def _shielded(undo: Undo) -> None:
-    await asyncio.shield(undo())
+    """Run `undo` to its end even when the request is cancelled meanwhile, and only then let
+    the cancellation go on: create's locks (the task's, which a cgroup removal needs) are
+    released after the undo, not while it still runs."""
+    undoing = asyncio.ensure_future(undo())
+    try:
+        await asyncio.shield(undoing)
+    except asyncio.CancelledError:
+        await asyncio.wait([undoing])
+        raise
 
 
 class TaskDirStep:
@@ -73,7 +81,7 @@ class TaskDirStep:
         task_dir = context.layout.dir
 
         async def undo() -> None:
-            await shielded_thread(remove_task_dir, task_dir)
+            await shielded_thread(unmount_and_remove, task_dir)
 
         return undo
 
@@ -92,7 +100,7 @@ class RootfsStep:
         await asyncio.to_thread(_mount_on, mounts, rootfs)
 
         async def undo() -> None:
-            await asyncio.to_thread(_unmount_under, rootfs)
+            await asyncio.to_thread(unmount_under, rootfs)
 
         return undo
 
@@ -157,8 +165,3 @@ class ShimStep:
 def _mount_on(mounts: list[Any], rootfs: Path) -> None:
     rootfs.mkdir(parents=True, exist_ok=True)
     mount_all(mounts, rootfs)
-
-
-def _unmount_under(path: Path) -> None:
-    for point in mount_points_under(path):
-        unmount(point)

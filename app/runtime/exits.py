@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..errors import CargoholdError, ErrorKind
 from ..models import Exit
 from ..monitor.cgroup_stats import CgroupStats
 from ..monitor.monitor import Monitor
-from ..snapshots.mounts import mount_points_under, unmount
+from ..snapshots.mounts import unmount_and_remove
 from ..store.tasks import TaskStore
 from .bundle import runtime_id
 from .conmon import ExitWatch, Started, read_exit_status
@@ -136,7 +135,7 @@ class Exits:
         # Otherwise independent: the runtime's delete (a process, the slow part) overlaps
         # the unmount and the removal of the task dir.
         await asyncio.gather(
-            asyncio.to_thread(remove_task_dir, layout.dir),
+            asyncio.to_thread(unmount_and_remove, layout.dir),
             *([runtime.delete(runtime_id(namespace, task_id))] if runtime is not None else []),
         )
         await self._live.remove_cgroup(namespace, task_id)
@@ -175,14 +174,6 @@ def _declares_poststop_hooks(layout: TaskLayout) -> bool:
     except (OSError, ValueError):
         return False
     return bool((config.get("hooks") or {}).get("poststop"))
-
-
-def remove_task_dir(task_dir: Path) -> None:
-    """Unmount whatever is mounted below the task dir, then remove it."""
-    if task_dir.exists():
-        for point in mount_points_under(task_dir):
-            unmount(point)
-        shutil.rmtree(task_dir, ignore_errors=True)
 
 
 async def shielded_thread(function: Callable[..., None], *args: Any) -> None:

@@ -160,12 +160,15 @@ class LiveTasks:
 
     async def remove_cgroup(self, namespace: str, task_id: str) -> None:
         """The task's cgroup, and its parents up to this daemon's while they are empty (an
-        earlier version's layout: up to the namespace's)."""
+        earlier version's layout: up to the namespace's). Every removal comes here, under
+        the task's lock (a create of the same id makes the cgroup under it) and taking the
+        cgroup lock (other tasks' creates make the parents). Raises RuntimeError, a bug and
+        not a client's error, when the caller does not hold the task's lock."""
         task = self.get(namespace, task_id)
-        adopted = task.adopted_cgroup if task else None
-        if task is not None:
-            task.adopted_cgroup = None
-            self.release(task)
+        held = task.locks.get("") if task else None
+        if task is None or held is None or not held.lock.locked():
+            raise RuntimeError(f"the cgroup of task {namespace}/{task_id} is removed outside the task's lock")
+        adopted, task.adopted_cgroup = task.adopted_cgroup, None
         group, up_to = (adopted, posixpath.dirname(adopted)) if adopted else (
             task_cgroup(self.cgroup_parent, namespace, task_id), self.cgroup_parent
         )

@@ -8,7 +8,8 @@ served in parts of at most that many bytes, each but the last marked `partial`, 
 a record at a time, in binary, each read bounded too, so a task that printed 100 MB
 costs the daemon a buffer, not 100 MB; `tail` keeps only the last N lines. `follow`
 keeps reading while the task runs, and starts over when conmon truncated the file at its
-size cap.
+size cap. Each open, stat and read runs in a thread through `asyncio.to_thread`, the
+daemon's one way to take file I/O off the loop: a log may be large and its disk slow.
 
 `TaskLogs` is the one owner of `<root>/logs/<namespace>/<id>.log`: the task service
 writes through it, the container service forgets a log through it when its container
@@ -19,15 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from datetime import datetime
+from io import BufferedReader
 from pathlib import Path
-
-import aiofiles
-import aiofiles.os
-import anyio
-from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from ..models import LogLine
 
@@ -120,19 +117,23 @@ async def read_log(
         return [*(last or []), *lines]
 
     while True:
-        if not await aiofiles.os.path.exists(path):
+        if not await asyncio.to_thread(path.exists):
             if follow is None or not await follow():
                 for line in ending():
                     yield line
                 return
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
             continue
-        async with _opened(path) as file:
-            inode = (await aiofiles.os.stat(path)).st_ino
+        # Closed on the loop, without an await, however the reading ends: a reader cancelled
+        # (a follow whose client went away) is cancelled at every await, and a close that
+        # awaited would leave the file to the garbage collector. Closing a file opened for
+        # reading writes nothing, so it does not wait for the disk.
+        with await asyncio.to_thread(_open, path) as file:
+            inode = (await asyncio.to_thread(os.stat, path)).st_ino
             position = 0
             skipping = False  # inside a record longer than any conmon writes: its rest is dropped
             while True:
-                raw = await file.readline(read_limit)
+                raw = await asyncio.to_thread(file.readline, read_limit)
                 complete = raw.endswith(b"\n")
                 if complete or len(raw) == read_limit:
                     position += len(raw)
@@ -166,26 +167,17 @@ async def read_log(
                         yield line
                     return
                 await asyncio.sleep(FOLLOW_POLL_SECONDS)
-                await file.seek(position)
+                file.seek(position)  # no I/O: it drops the buffer, the next read goes to the file
 
 
-@asynccontextmanager
-async def _opened(path: Path) -> AsyncIterator[AsyncBufferedReader]:
-    """`path` opened for reading, closed however the reading ends: also when the reader is
-    cancelled (a follow whose client went away), where anyio cancels every await again,
-    aiofiles' own close included, and the file would be left to the garbage collector."""
-    file = await aiofiles.open(path, "rb")
-    try:
-        yield file
-    finally:
-        with anyio.CancelScope(shield=True):
-            await file.close()
+def _open(path: Path) -> BufferedReader:
+    return path.open("rb")
 
 
 async def _replaced(path: Path, inode: int, position: int) -> bool:
     """Whether the file at `path` is no longer the one read (renamed over) or was cut."""
     try:
-        current = await aiofiles.os.stat(path)
+        current = await asyncio.to_thread(os.stat, path)
     except FileNotFoundError:
         return False
     return current.st_ino != inode or current.st_size < position

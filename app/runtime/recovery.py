@@ -21,13 +21,13 @@ from typing import Any
 
 from ..errors import CargoholdError
 from ..models import Process, Task, TaskStatus
+from ..snapshots.mounts import unmount_and_remove
 from ..store.tasks import TaskRecord, TaskStore
 from ..topics import Topic
 from .bundle import runtime_id
-from .cgroups import remove_cgroup
 from .cgroups import remove_unowned as remove_unowned_cgroups
 from .conmon import Started, conmon_alive
-from .exits import Exits, remove_task_dir, unknown_exit
+from .exits import Exits, unknown_exit
 from .layout import TaskDirs, TaskLayout, read_pid
 from .live import LiveTasks
 from .oci import OCIRuntime
@@ -91,7 +91,8 @@ class Recovery:
                     self._adopt_or_collect(namespace, task_id, process.exec_id, record, pid)
             if record.exited:  # the exit was recorded, the teardown did not finish
                 exit_ = await self._store.last_exit(namespace, task_id)
-                await self._exits.finish(namespace, task_id, exit_ or unknown_exit(task_id, None, record.task.pid))
+                async with self._live.lock(namespace, task_id):  # as an exit's handling holds it
+                    await self._exits.finish(namespace, task_id, exit_ or unknown_exit(task_id, None, record.task.pid))
             else:
                 actual = statuses.get(record.task.runtime, {}).get(runtime_id(namespace, task_id))
                 if actual in RECONCILED:
@@ -145,7 +146,6 @@ class Recovery:
         self._exits.watch(namespace, task_id, exec_id, started, record.oom_kills)
 
     async def _remove_unowned(self, owned: set[tuple[str, str]]) -> None:
-        parent = self._live.cgroup_parent
         for namespace, task_id in list(self._dirs.on_disk()):
             if (namespace, task_id) in owned:
                 continue
@@ -154,8 +154,9 @@ class Recovery:
             _kill_stray_conmon(layout, runtime_id(namespace, task_id))
             for runtime in self._runtimes.values():
                 await runtime.delete(runtime_id(namespace, task_id))
-            await asyncio.to_thread(remove_task_dir, layout.dir)
-            await asyncio.to_thread(remove_cgroup, self._live.cgroup(namespace, task_id), parent)
+            await asyncio.to_thread(unmount_and_remove, layout.dir)
+            async with self._live.lock(namespace, task_id):
+                await self._live.remove_cgroup(namespace, task_id)
         for namespace_dir in self._dirs.namespace_dirs():
             with suppress(OSError):
                 namespace_dir.rmdir()
@@ -168,7 +169,7 @@ class Recovery:
         # Last: the runtime deletes above empty the cgroups of what they killed.
         async with self._live.cgroup_lock:
             # Only below this daemon's parent: another daemon's cgroups are not ours to judge.
-            for group in await asyncio.to_thread(remove_unowned_cgroups, owned, parent):
+            for group in await asyncio.to_thread(remove_unowned_cgroups, owned, self._live.cgroup_parent):
                 log.info("removed cgroup %s: no task owns it", group)
 
 

@@ -38,7 +38,7 @@ from ..monitor.monitor import Monitor
 from ..policy import SpecPolicy
 from ..snapshots.service import SnapshotService
 from ..store.containers import ContainerStore
-from ..store.tasks import TaskRecord, TaskStore, task_not_found
+from ..store.tasks import TaskRecord, TaskStore, has_task, task_not_found
 from ..topics import Topic
 from .bundle import runtime_id, task_config
 from .cgroups import frozen
@@ -112,8 +112,7 @@ class TaskService:
         layout = self._dirs.task(namespace, container.id)
         async with self._live.lock(namespace, container.id), AsyncExitStack() as undo:
             # Again under the lock: a concurrent create may have won meanwhile.
-            if await self._store.exists(namespace, container.id):
-                raise CargoholdError(ErrorKind.CONFLICT, f'container "{container.id}" already has a task')
+            await self._store.refuse_task(namespace, container.id)
             runnable = await self._policy.runnable(namespace, container.spec)  # checked again: labels change
             # Under this daemon's cgroup parent, names escaped (see runtime/cgroups.py).
             config = task_config(runnable, layout.rootfs, self._live.cgroup(namespace, container.id))
@@ -137,7 +136,7 @@ class TaskService:
         live = self._live.get(namespace, task_id)
         deleted = live.deleted if live else None
         if not previous.exited or deleted is None:
-            raise CargoholdError(ErrorKind.CONFLICT, f'container "{task_id}" already has a task')
+            raise has_task(task_id)
         async with asyncio.timeout(DELETE_TIMEOUT_SECONDS):
             await asyncio.shield(deleted)
 

@@ -120,9 +120,9 @@ def apply_layer(stream: BinaryIO | IO[bytes], target: Path, limits: LayerLimits,
     root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         extraction = _Extraction(root, limits)
-        counted = _decompressed(stream, limits.max_bytes, diff)
-        decompressed = io.BufferedReader(counted, 1 << 16)
-        with tarfile.open(fileobj=decompressed, mode="r|", tarinfo=_StrictTarInfo) as tar:
+        counted = decompressed(stream, limits.max_bytes, diff)
+        plain = io.BufferedReader(counted, 1 << 16)
+        with tarfile.open(fileobj=plain, mode="r|", tarinfo=StrictTarInfo) as tar:
             end_of_last = 0
             while True:
                 tar._cargohold_chain = 0  # type: ignore[attr-defined]
@@ -143,7 +143,7 @@ def apply_layer(stream: BinaryIO | IO[bytes], target: Path, limits: LayerLimits,
                 tar.members.clear()  # type: ignore[attr-defined]
                 extraction.apply(tar, member)
             if diff is not None:
-                while decompressed.read(_COPY_CHUNK):
+                while plain.read(_COPY_CHUNK):
                     pass  # hashed (and bounded) by _Counted as it is read
         extraction.finish()
         return extraction.members
@@ -164,7 +164,7 @@ def apply_layer(stream: BinaryIO | IO[bytes], target: Path, limits: LayerLimits,
 # --- the stream: decompressed, counted ---------------------------------------------------
 
 
-def _decompressed(stream: BinaryIO | IO[bytes], max_bytes: int, diff: hashlib._Hash | None = None) -> _Counted:
+def decompressed(stream: BinaryIO | IO[bytes], max_bytes: int, diff: hashlib._Hash | None = None) -> _Counted:
     head = b""
     while len(head) < 6:
         more = stream.read(6 - len(head))
@@ -322,14 +322,14 @@ class _Counted(io.RawIOBase):
         return len(data)
 
 
-class _StrictTarInfo(tarfile.TarInfo):
+class StrictTarInfo(tarfile.TarInfo):
     """tarfile's header parsing, bounded: special headers are refused from their size
     field before they are read, chains of them end, global PAX headers are skipped,
     sparse files are refused (their maps are read whole); and a header cut short after
     the first member is a truncated tar, not the end of the archive (as Go's archive/tar)."""
 
     @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _StrictTarInfo:
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> StrictTarInfo:
         # As tarfile.TarInfo.fromtarfile (Python 3.11), plus the length check.
         fileobj: Any = tarfile_.fileobj
         buffer = fileobj.read(tarfile.BLOCKSIZE)
@@ -337,7 +337,7 @@ class _StrictTarInfo(tarfile.TarInfo):
             raise invalid("the tar archive is truncated (in a header)")
         member = cls.frombuf(buffer, tarfile_.encoding, tarfile_.errors)
         member.offset = fileobj.tell() - tarfile.BLOCKSIZE
-        processed: _StrictTarInfo = member._proc_member(tarfile_)
+        processed: StrictTarInfo = member._proc_member(tarfile_)
         return processed
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:

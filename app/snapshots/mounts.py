@@ -1,4 +1,5 @@
-"""mount(2) and umount2(2) for the mount lists snapshotters hand out.
+"""mount(2) and umount2(2) for the mount lists snapshotters hand out, and the one way to
+unmount and remove a directory (`unmount_and_remove`), for snapshots and task dirs alike.
 
 A mount list is what a runtime needs to assemble a root filesystem: one `overlay`
 mount, or one `bind` mount (with `ro` for a view). Called from threads: these are
@@ -7,12 +8,18 @@ blocking syscalls.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 from pathlib import Path
 
 from ..models import Mount
+from ..mountinfo import read_mounts
+from .layers import remove_tree
+
+log = logging.getLogger(__name__)
 
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
@@ -69,10 +76,26 @@ def unmount(target: Path) -> None:
 def mount_points_under(root: Path) -> list[Path]:
     """Mount points at or below `root`, deepest first (the order to unmount them)."""
     prefix = str(root.resolve()).rstrip("/") + "/"
-    found: list[Path] = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            point = line.split()[4].replace("\\040", " ")
-            if (point + "/").startswith(prefix):
-                found.append(Path(point))
+    found = [Path(mount.mount_point) for mount in read_mounts() if f"{mount.mount_point}/".startswith(prefix)]
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount whatever is mounted at or below `root`, deepest first."""
+    for point in mount_points_under(root):
+        unmount(point)
+
+
+def unmount_and_remove(path: Path, attempts: int = 5) -> None:
+    """Unmount whatever is mounted at or below `path`, then delete it and all below it,
+    whatever its depth (a container may nest directories past Python's stack). Retried:
+    something may still be writing into it. What stays is logged, and cleared by the next
+    start's sweep (snapshot orphans, task dirs no task owns)."""
+    for _ in range(attempts):
+        if not path.exists():
+            return
+        unmount_under(path)
+        with contextlib.suppress(OSError):
+            remove_tree(path)
+    if path.exists():
+        log.warning("could not remove %s entirely; it is removed at the next start", path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -27,7 +26,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,8 @@ from ..errors import CargoholdError, ErrorKind, invalid
 from ..identifiers import validate_identifier
 from ..models import FIRST_PAGE, Mount, Page, PageRequest, Snapshot, SnapshotCommit, SnapshotCreate, SnapshotKind, Usage
 from ..store.snapshots import DataDir, SnapshotStore
-from .layers import LayerLimits, apply_layer, is_private, remove_tree, walk_tree
-from .mounts import mount_all, mount_points_under, unmount
+from .layers import LayerLimits, apply_layer, is_private, walk_tree
+from .mounts import mount_all, unmount_and_remove, unmount_under
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +90,9 @@ class SnapshotService:
         self.default = default
         self._limits = limits
         self._imports = ThreadPoolExecutor(limits.concurrency, thread_name_prefix="cargohold-import")
+        # Run after a removal that may leave chain snapshots unreached (the daemon sets it to
+        # schedule a garbage collection; the collector is built on this service).
+        self.after_release: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         """Stop the import threads once their imports end (each in-flight one is ended by
@@ -116,7 +118,7 @@ class SnapshotService:
                 namespace, snapshotter.name, body.key, SnapshotKind(body.kind), body.parent, body.labels, data.name
             )
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(_remove_tree, data))
+            await asyncio.shield(asyncio.to_thread(unmount_and_remove, data))
             raise
 
     async def commit(self, namespace: str, snapshotter_name: str | None, key: str, body: SnapshotCommit) -> Snapshot:
@@ -135,6 +137,7 @@ class SnapshotService:
         """Appends /snapshot/remove. Raises NOT_FOUND, CONFLICT while in use."""
         data = await self._store.remove(namespace, self.snapshotter(snapshotter_name).name, key)
         await self.remove_data([data])
+        self.after_release()
 
     async def mounts(self, namespace: str, snapshotter_name: str | None, key: str) -> list[Mount]:
         """Raises CONFLICT for a committed snapshot: prepare or view one over it instead."""
@@ -217,19 +220,19 @@ class SnapshotService:
             try:
                 await self._stream_into(body, target, data, diff_id)
             finally:
-                await asyncio.shield(asyncio.to_thread(_unmount_and_remove, target))
+                await asyncio.shield(asyncio.to_thread(unmount_and_remove, target))
             await asyncio.get_running_loop().run_in_executor(self._imports, _sync_filesystem, data)
             return await self._store.insert(
                 namespace, snapshotter.name, name, SnapshotKind.COMMITTED, parent, {}, data.name
             )
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(_remove_tree, data))
+            await asyncio.shield(asyncio.to_thread(unmount_and_remove, data))
             raise
 
     async def remove_data(self, dirs: list[DataDir]) -> None:
         """Delete released snapshots' data (their rows are gone already)."""
         for data in dirs:
-            await asyncio.to_thread(_remove_tree, self._path(data))
+            await asyncio.to_thread(unmount_and_remove, self._path(data))
 
     async def remove_orphans(self) -> list[Path]:
         """At start-up: unmount what a crash left mounted under the snapshot root and delete
@@ -238,8 +241,7 @@ class SnapshotService:
         snapshots_root = self._root / "snapshots"
         if not snapshots_root.exists():
             return removed
-        for point in mount_points_under(snapshots_root):
-            await asyncio.to_thread(unmount, point)
+        await asyncio.to_thread(unmount_under, snapshots_root)
         for name in self._snapshotters:
             owned = await self._store.data_dirs(name)
             base = snapshots_root / name
@@ -247,7 +249,7 @@ class SnapshotService:
                 continue
             for entry in base.iterdir():
                 if entry.name not in owned:
-                    await asyncio.to_thread(_remove_tree, entry)
+                    await asyncio.to_thread(unmount_and_remove, entry)
                     removed.append(entry)
         if removed:
             log.info("removed %d orphaned snapshot directories", len(removed))
@@ -425,21 +427,3 @@ def _disk_usage(path: Path) -> Usage:
     finally:
         os.close(parent)
     return Usage(size=size, inodes=inodes)
-
-
-def _unmount_and_remove(target: Path) -> None:
-    unmount(target)
-    target.rmdir()
-
-
-def _remove_tree(path: Path, attempts: int = 5) -> None:
-    """Unmount and delete `path`. Retried: something may still be writing into it."""
-    for _ in range(attempts):
-        if not path.exists():
-            return
-        for point in mount_points_under(path):
-            unmount(point)
-        with contextlib.suppress(OSError):
-            remove_tree(path)  # any depth: a container may have nested directories past Python's stack
-    if path.exists():
-        log.warning("could not remove %s entirely; it is removed at the next start", path)

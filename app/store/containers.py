@@ -4,11 +4,11 @@ A container is stored as its document: the JSON the API serves for it, as pydant
 writes it (table container_documents). The containers table holds, copied from it, what
 SQL keys, joins and filters on: the members of `ContainerHead` (id, labels, image,
 runtime, snapshotter, snapshot_key), as containerd keeps a record's encoded value beside
-its index buckets. So a list is the documents joined, which SQLite does in one statement
-with no per-row work in Python; a get is one document parsed; a filter scans the narrow
-table only. Filtered lists are narrowed in SQL before the filter decides in Python.
-Lists come a page at a time (`PageRequest`: after an id, at most `limit` documents and
-about `max_bytes` of them), so no list makes SQLite join an unbounded string.
+its index buckets. So a list is the documents as stored, by id, handed up as bytes for
+the API to join into its body with no model built; a get is one document parsed; a
+filter scans the narrow table only. Filtered lists are narrowed in SQL before the filter
+decides in Python. Lists come a page at a time (`PageRequest`: after an id, at most
+`limit` documents and about `max_bytes` of them), so no list reads unbounded bytes.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from typing import Any
 
 from ..errors import CargoholdError, ErrorKind, not_found
 from ..filters import Equality, off_loop
-from ..models import FIRST_PAGE, Container, ContainerFields, ContainerHead, PageRequest, Runtime, RuntimeName
+from ..models import FIRST_PAGE, Container, ContainerFields, ContainerHead, Page, PageRequest, Runtime, RuntimeName
 from ..pages import cut_sizes
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
 from .namespaces import ensure_namespace, namespace_exists_in, namespace_not_found, require_namespace
 from .snapshots import DataDir, release_unreferenced, require_snapshot
+from .tasks import refuse_task_in
 
 
 def container_not_found(namespace: str, container_id: str) -> CargoholdError:
@@ -206,23 +207,23 @@ class ContainerStore:
             raise container_not_found(namespace, container_id)
         return _from_document(row["doc"])
 
-    async def list_json(
+    async def list_documents(
         self,
         namespace: str,
         select: Callable[[ContainerHead], bool] | None = None,
         equalities: Sequence[Sequence[Equality]] = ((),),
         page: PageRequest = FIRST_PAGE,
-    ) -> tuple[bytes, str | None]:
-        """The JSON of `ContainerList` for a page of the containers of `namespace` (those
-        whose head `select` keeps), by id: the body of `GET /containers`, as FastAPI would
-        write it; and the page's next cursor (also in the body).
+    ) -> Page[bytes]:
+        """A page of the containers of `namespace` (those whose head `select` keeps), by
+        id: each as its stored document, the JSON `GET /containers/{id}` serves (UTF-8
+        bytes, for the API to join into a list without building models).
 
         `equalities` are, per alternative of `select`, the field == value pairs it
         requires (`Filter.equalities()`); those SQL can express narrow the rows read
         before `select` decides, so they must never exclude a row `select` keeps.
         Raises NOT_FOUND for an unknown namespace."""
         if select is None:
-            text, cursor = await self._page(namespace, " AND id > ?", [page.after], page)
+            found = await self._page(namespace, " AND id > ?", [page.after], page)
         else:
             where, params = _narrowing(equalities)
             heads = await self._db.all(
@@ -232,74 +233,66 @@ class ContainerStore:
             # Off the event loop, on the filters' threads: over 10,000 long labels, parsing
             # heads and matching took up to 0.6 s of it (RE2 releases the GIL as it matches).
             chosen = [row["id"] for row in await off_loop(heads, lambda row: select(_head(row)))]
-            text, cursor = await self._page_of(namespace, chosen, page)
-        if not text:
+            found = await self._page_of(namespace, chosen, page)
+        if not found.items:
             await require_namespace(self._db, namespace)
-        next_cursor = "null" if cursor is None else json.dumps(cursor)
-        return f'{{"containers":[{text}],"next_cursor":{next_cursor}}}'.encode(), cursor
+        return found
 
-    async def _page_of(self, namespace: str, ids: list[str], page: PageRequest) -> tuple[str, str | None]:
+    async def _page_of(self, namespace: str, ids: list[str], page: PageRequest) -> Page[bytes]:
         """`_page` over the containers `ids` (sorted), in batches of bound ids."""
-        joined: list[str] = []
+        documents: list[bytes] = []
         budget = page.max_bytes
         wanted = ids[: page.limit]
         for start in range(0, len(wanted), _BATCH):
             batch = wanted[start:start + _BATCH]
             where = f" AND id IN ({', '.join('?' * len(batch))})"
-            text, cursor = await self._page(
-                namespace, where, batch, replace(page, limit=len(batch), max_bytes=budget), find_next=False
-            )
-            if text:
-                joined.append(text)
-            if cursor is not None:  # the bytes ran out inside this batch
-                return ",".join(joined), cursor
-            budget -= len(text.encode())
+            found = await self._page(namespace, where, batch, replace(page, limit=len(batch), max_bytes=budget))
+            documents += found.items
+            if found.next_cursor is not None:  # the bytes ran out inside this batch
+                return Page(documents, found.next_cursor)
+            # The batch's bytes as a list holds them: with the commas between.
+            budget -= sum(map(len, found.items)) + max(len(found.items) - 1, 0)
             if budget <= 0 and start + _BATCH < len(wanted):
-                return ",".join(joined), batch[-1]
-        return ",".join(joined), wanted[-1] if len(ids) > len(wanted) else None
+                return Page(documents, batch[-1])
+        return Page(documents, wanted[-1] if len(ids) > len(wanted) else None)
 
-    async def _page(
-        self, namespace: str, where: str, params: Sequence[str], page: PageRequest, find_next: bool = True
-    ) -> tuple[str, str | None]:
-        """The documents of `namespace` matching `where` (an ` AND ...` clause), by id, of
-        one page, joined by commas ("" for none); and the next cursor (None: no more, or
-        not asked for with `find_next` false).
+    async def _page(self, namespace: str, where: str, params: Sequence[str], page: PageRequest) -> Page[bytes]:
+        """The documents of `namespace` matching `where` (an ` AND ...` clause) of one
+        page, by id, and the next cursor.
 
-        One statement in the usual case: the page's bytes are summed first and the
-        documents joined only when that sum is within the page's bytes, so SQLite never
-        builds a string past it (nor hits SQLITE_MAX_LENGTH, 1e9 bytes, where 1,000
-        one-MiB specs did). group_concat sees the rows in the subquery's order: SQLite
-        keeps a FROM-subquery's ORDER BY under an aggregate other than count/min/max
-        (select.c), and a test holds it to that. Over the bound, the sizes are read and
-        the page cut where they reach it. (The sum costs a second read of the documents:
-        in the store, a list of 1,000 takes 0.45 ms where it took 0.26.)"""
+        One statement in the usual case. The documents' order is that statement's own
+        ORDER BY, the only order SQL promises (an aggregate such as group_concat keeps no
+        order before SQLite 3.44). The page's bytes are summed first, in a subquery SQLite
+        runs once, and the documents are read only when that sum is within the page's
+        bytes, so a page never holds 1,000 one-MiB specs (joined, they once passed
+        SQLITE_MAX_LENGTH, 1e9 bytes). Over the bound, the sizes are read and the page
+        cut where they reach it (`pages.cut_sizes`)."""
         rows = f"FROM container_documents WHERE namespace = ?{where} ORDER BY id LIMIT ?"
-        # The sizes and count are over one row more than the page: that row, if any, only
-        # says there is a next page (and the page's last id is then read, lazily, as CASE
-        # evaluates a subquery only when its WHEN holds).
-        head = await self._db.one(
-            "SELECT size.bytes, size.n,"
-            f" CASE WHEN size.bytes <= ? THEN (SELECT group_concat(doc) FROM (SELECT doc {rows})) END AS joined,"
-            f" CASE WHEN size.n > ? THEN (SELECT max(id) FROM (SELECT id {rows})) END AS last"
-            f" FROM (SELECT sum(length(CAST(doc AS BLOB))) AS bytes, count(*) AS n FROM (SELECT doc {rows})) AS size",
-            page.max_bytes, namespace, *params, page.limit,
-            page.limit, namespace, *params, page.limit,
-            namespace, *params, page.limit + 1,
+        # The sum is over one row more than the page: that row, if it comes, only says
+        # there is a next page. No row: none to list, or more bytes than the page holds.
+        # CAST: the stored text's UTF-8 bytes, as they go out, with no decoding on the way.
+        found = await self._db.all(
+            f"SELECT id, CAST(doc AS BLOB) AS doc FROM container_documents WHERE namespace = ?{where}"
+            f" AND (SELECT sum(length(CAST(doc AS BLOB))) FROM (SELECT doc {rows})) <= ? ORDER BY id LIMIT ?",
+            namespace, *params, namespace, *params, page.limit + 1, page.max_bytes, page.limit + 1,
         )
-        if head is None or not head["n"]:
-            return "", None
-        if head["joined"] is not None:
-            return head["joined"], head["last"] if find_next else None
+        if found:
+            kept = found[: page.limit]
+            return Page([row["doc"] for row in kept], kept[-1]["id"] if len(found) > len(kept) else None)
         sizes = await self._db.all(
-            f"SELECT id, length(CAST(doc AS BLOB)) AS size {rows}", namespace, *params, page.limit
+            f"SELECT id, length(CAST(doc AS BLOB)) AS size {rows}", namespace, *params, page.limit + 1
         )
+        if not sizes:
+            return Page([], None)
         count, cursor = cut_sizes([(row["id"], row["size"]) for row in sizes], page)
-        if cursor is None and find_next:
-            cursor = head["last"]
-        joined = await self._db.one(
-            f"SELECT group_concat(doc) AS joined FROM (SELECT doc {rows})", namespace, *params, count
+        # The page runs to its last id, not `count` rows: a row written since the sizes
+        # were read then joins this page rather than push one past its cursor.
+        documents = await self._db.all(
+            f"SELECT CAST(doc AS BLOB) AS doc FROM container_documents WHERE namespace = ?{where} AND id <= ?"
+            " ORDER BY id",
+            namespace, *params, sizes[count - 1]["id"],
         )
-        return (joined["joined"] if joined else None) or "", cursor
+        return Page([row["doc"] for row in documents], cursor)
 
     async def update(
         self,
@@ -338,10 +331,7 @@ class ContainerStore:
         snapshots' data dirs for the caller to remove once committed."""
         async with self._db.write() as tx:
             deleted = self._get_in(tx, namespace, container_id)
-            if tx.exists("SELECT 1 FROM tasks WHERE namespace = ? AND id = ?", namespace, container_id):
-                raise CargoholdError(
-                    ErrorKind.CONFLICT, f'container "{container_id}" has a task; delete the task first'
-                )
+            refuse_task_in(tx, namespace, container_id)
             # Its document goes with it (ON DELETE CASCADE).
             tx.execute("DELETE FROM containers WHERE namespace = ? AND id = ?", namespace, container_id)
             tx.append_event(namespace, Topic.CONTAINER_DELETE, {"id": container_id})

@@ -4,13 +4,21 @@ Writes go through `Database.write()`: one writer at a time (an asyncio lock over
 single connection), `BEGIN IMMEDIATE ... COMMIT`, and the events the transaction
 appended are handed to `on_commit` only after COMMIT succeeds, still under the lock, so
 subscribers see events in id order. On any error the transaction rolls back and its
-events never existed. Reads use a second connection (aiosqlite); WAL lets them run
-beside a write.
+events never existed. Reads use a second connection; WAL lets them run beside a write.
 
-A write transaction's statements run on the event loop itself: on these small, indexed
-tables one costs a few microseconds, where a trip to a connection thread costs ~70 (and
-a transaction makes five to ten). COMMIT, which waits for the disk, runs in the
-writer's own thread, and so does a BEGIN that would have to wait for another process.
+One rule for both, from the figures in bench/README.md: a statement runs on the event
+loop only when it cannot wait; what can (for the disk, for another process's lock, for
+a result of any size) runs in its connection's own thread.
+- Reads run on the reader's thread, one trip a query (`execute_fetchall`): a list page
+  costs SQLite about a millisecond, too long for the loop. aiosqlite is exactly that, a
+  connection and its thread, so it stays.
+- A write transaction's statements run on the loop, under the write lock: on these
+  small, indexed tables one costs a few microseconds, where a trip to a thread costs ~70 us
+  and a transaction makes five to ten. COMMIT, which waits for the disk, runs in the
+  writer's own thread (the trip costs 0.3-0.4 ms a write; an fsync on the loop would
+  stall every request), and so does a BEGIN that must wait for another process. So the
+  writer is a plain sqlite3 connection with an executor of one thread: aiosqlite runs a
+  connection only on its own thread.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import pydantic_core
 
-from ..models import Container, Event, Runtime, RuntimeName
+from ..models import Event
 from ..ondisk import create_private
 from .retention import EventRetention
 
@@ -36,9 +45,14 @@ Params = Sequence[Any]
 
 
 def _containers_as_documents(conn: sqlite3.Connection) -> None:
-    """Schema 4: each container's document (the API's JSON, as pydantic writes it) in
-    container_documents; of its columns, those filters read (the head) stay, the others
-    go. Apart, the head columns are a narrow table for filters to scan."""
+    """Schema 4: each container's document (the API's JSON, as pydantic wrote it for the
+    container of schema 4's day) in container_documents; of its columns, those filters
+    read (the head) stay, the others go. Apart, the head columns are a narrow table for
+    filters to scan.
+
+    The document is spelled here, not taken from today's model: its members in their
+    order then, written by pydantic-core's serializer as `model_dump_json` wrote them
+    (UTF-8, NaN and infinities as null, timestamps in ISO 8601 with `Z` for UTC)."""
     conn.execute("""
         CREATE TABLE container_documents (
             namespace  TEXT NOT NULL,
@@ -54,13 +68,16 @@ def _containers_as_documents(conn: sqlite3.Connection) -> None:
     ).fetchall()
     for row in rows:
         runtime = json.loads(row[4])
-        container = Container.model_construct(
-            id=row[1], labels=json.loads(row[2]), image=row[3],
-            runtime=Runtime.model_construct(name=RuntimeName(runtime["name"]), options=runtime.get("options", {})),
-            spec=json.loads(row[5]), snapshotter=row[6], snapshot_key=row[7], extensions=json.loads(row[8]),
-            created_at=datetime.fromisoformat(row[9]), updated_at=datetime.fromisoformat(row[10]),
-        )
-        conn.execute("INSERT INTO container_documents VALUES (?, ?, ?)", (row[0], row[1], container.model_dump_json()))
+        if runtime["name"] not in ("runc", "crun"):  # the runtimes schema 4 knew
+            raise ValueError(f"{runtime['name']!r} is not a valid runtime name")
+        document = {
+            "id": row[1], "labels": json.loads(row[2]), "image": row[3],
+            "runtime": {"name": runtime["name"], "options": runtime.get("options", {})},
+            "spec": json.loads(row[5]), "snapshotter": row[6], "snapshot_key": row[7], "extensions": json.loads(row[8]),
+            "created_at": datetime.fromisoformat(row[9]), "updated_at": datetime.fromisoformat(row[10]),
+        }
+        doc = pydantic_core.to_json(document, inf_nan_mode="null").decode()
+        conn.execute("INSERT INTO container_documents VALUES (?, ?, ?)", (row[0], row[1], doc))
     for column in ("spec", "extensions", "created_at", "updated_at"):
         conn.execute(f"ALTER TABLE containers DROP COLUMN {column}")
 

@@ -18,6 +18,9 @@ from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
 from .namespaces import ensure_namespace, require_namespace
 
+# A snapshot's address across namespaces and snapshotters: (namespace, snapshotter, key).
+SnapshotAddress = tuple[str, str, str]
+
 
 @dataclass(frozen=True)
 class DataDir:

@@ -23,6 +23,19 @@ from .namespaces import require_namespace
 PRUNE_EVERY = 100
 
 _PROCESS_WHERE = "SELECT * FROM processes WHERE namespace = ? AND task_id = ? AND exec_id = ?"
+_TASK_EXISTS = "SELECT 1 FROM tasks WHERE namespace = ? AND id = ?"
+
+
+def has_task(container_id: str) -> CargoholdError:
+    """CONFLICT, the one refusal of what a container's task forbids: a second task,
+    deleting the container."""
+    return CargoholdError(ErrorKind.CONFLICT, f'container "{container_id}" already has a task; delete the task first')
+
+
+def refuse_task_in(tx: Tx, namespace: str, container_id: str) -> None:
+    """Raise CONFLICT (`has_task`) if the container has a task, read inside the write `tx`."""
+    if tx.exists(_TASK_EXISTS, namespace, container_id):
+        raise has_task(container_id)
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,7 @@ class TaskStore:
     async def add(self, namespace: str, task_id: str, pid: int, conmon_pid: int, runtime: str) -> Task:
         """Record a created task; appends /tasks/create. Raises CONFLICT if one exists."""
         async with self._db.write() as tx:
-            if tx.exists("SELECT 1 FROM tasks WHERE namespace = ? AND id = ?", namespace, task_id):
-                raise CargoholdError(ErrorKind.CONFLICT, f'container "{task_id}" already has a task')
+            refuse_task_in(tx, namespace, task_id)
             tx.execute(
                 "INSERT INTO tasks (namespace, id, pid, conmon_pid, status, runtime, created_at)"
                 " VALUES (?, ?, ?, ?, 'created', ?, ?)",
@@ -98,7 +110,12 @@ class TaskStore:
             return None
 
     async def exists(self, namespace: str, task_id: str) -> bool:
-        return await self._db.one("SELECT 1 FROM tasks WHERE namespace = ? AND id = ?", namespace, task_id) is not None
+        return await self._db.one(_TASK_EXISTS, namespace, task_id) is not None
+
+    async def refuse_task(self, namespace: str, container_id: str) -> None:
+        """Raise CONFLICT (`has_task`) if the container has a task (a read outside any write)."""
+        if await self.exists(namespace, container_id):
+            raise has_task(container_id)
 
     async def get(self, namespace: str, task_id: str) -> TaskRecord:
         row = await self._db.one("SELECT * FROM tasks WHERE namespace = ? AND id = ?", namespace, task_id)

@@ -31,7 +31,12 @@ from app.api.middleware import LISTENER_KEY, ListenerMark, TokenAuthMiddleware, 
 from app.config import Listener, Settings
 from app.main import MIN_TOKEN_LENGTH, create_app, load_token
 from app.ondisk import StartupError
-from tests.api.test_system import CARGOHOLD, free_port, mode_of, serving
+from tests.api.served import (
+    CARGOHOLD,
+    free_port,
+    mode_of,
+    serving,
+)
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -154,7 +159,7 @@ async def uvicorn_serving(app: ListenerMark, **where: object) -> AsyncIterator[N
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **where))  # type: ignore[arg-type]
     serving_task = asyncio.create_task(server.serve())
     try:
-        await wait_for(lambda: server.started or serving_task.done())
+        await wait_for(lambda: server.started or serving_task.done(), "uvicorn has started")
         yield
     finally:
         server.should_exit = True

@@ -18,8 +18,12 @@ from app.config import Settings
 from app.events import EventBus, EventService, EventsLostError
 from app.store.db import Database
 from app.store.events import EventStore
-from tests.api.test_events import create, history, sse
-from tests.conftest import container_body, in_process_client, running_server, uds_client
+from tests.api.events import (
+    create,
+    history,
+    sse,
+)
+from tests.conftest import container_body, in_process_client, running_server, uds_client, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -220,9 +224,8 @@ async def test_streams_past_the_per_client_cap_are_429(settings: Settings) -> No
             assert (await client.get("/healthz")).status_code == 200
         # Once closed, both slots are free again (released as each response ends, once
         # the server has seen the client go).
-        async with asyncio.timeout(5):
-            while True:
-                async with client.stream("GET", "/events") as one, client.stream("GET", "/events") as two:
-                    if (one.status_code, two.status_code) == (200, 200):
-                        break
-                await asyncio.sleep(0.05)
+        async def both_free() -> bool:
+            async with client.stream("GET", "/events") as one, client.stream("GET", "/events") as two:
+                return (one.status_code, two.status_code) == (200, 200)
+
+        await wait_for(both_free, "both stream slots are free again", 5, every=0.05)

@@ -12,7 +12,12 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.api.test_events import assert_increasing, check_frame, history, sse
+from tests.api.events import (
+    assert_increasing,
+    check_frame,
+    history,
+    sse,
+)
 from tests.conftest import container_body, uds_client
 
 pytestmark = pytest.mark.anyio

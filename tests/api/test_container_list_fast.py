@@ -12,7 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.test_containers import assert_problem, create
+from tests.api.containers import (
+    assert_problem,
+    create,
+)
 from tests.conftest import container_body, spec
 
 pytestmark = pytest.mark.anyio

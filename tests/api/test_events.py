@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.config import Settings
 from app.events import EventService
 from app.store.events import EventStore
-from tests.conftest import container_body, running_server, uds_client
+from tests.api.events import (
+    assert_increasing,
+    check_frame,
+    create,
+    history,
+    sse,
+)
+from tests.conftest import container_body, running_server, uds_client, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -27,120 +32,9 @@ MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 PROBLEM = "application/problem+json"
 
 
-# --- SSE parsing -------------------------------------------------------------------
-
-
-@dataclass
-class Frame:
-    """One server-sent event: the fields of one blank-line-terminated block."""
-
-    id: str | None = None
-    event: str | None = None
-    data: str | None = None
-    comments: list[str] = field(default_factory=list)
-
-    @property
-    def envelope(self) -> dict[str, Any]:
-        assert self.data is not None, f"frame without data: {self}"
-        decoded: dict[str, Any] = json.loads(self.data)
-        return decoded
-
-
-class SSEReader:
-    """Reads frames off a streamed httpx response, one at a time, each wait bounded."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        assert response.status_code == 200, response.status_code
-        assert response.headers["content-type"].startswith("text/event-stream")
-        self._lines = response.aiter_lines()
-
-    async def frame(self) -> Frame | None:
-        """The next frame (comment-only ones included); None at the end of the stream."""
-        frame = Frame()
-        empty = True
-        while True:
-            try:
-                line = await anext(self._lines)
-            except StopAsyncIteration:
-                return None if empty else frame
-            if line == "":
-                if not empty:
-                    return frame
-                continue
-            empty = False
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "":
-                frame.comments.append(value)
-            elif name == "id":
-                frame.id = value
-            elif name == "event":
-                frame.event = value
-            elif name == "data":
-                frame.data = value if frame.data is None else f"{frame.data}\n{value}"
-
-    async def events(self, count: int, within: float = 5.0) -> list[Frame]:
-        """The next `count` event frames (heartbeats skipped); fails after `within` seconds."""
-        found: list[Frame] = []
-        async with asyncio.timeout(within):
-            while len(found) < count:
-                frame = await self.frame()
-                assert frame is not None, f"stream ended after {len(found)} of {count} events"
-                if frame.data is not None or frame.event is not None or frame.id is not None:
-                    found.append(frame)
-        return found
-
-
-@asynccontextmanager
-async def sse(
-    client: httpx.AsyncClient,
-    params: Any = None,
-    headers: dict[str, str] | None = None,
-    within: float = 5.0,
-) -> AsyncIterator[SSEReader]:
-    """GET /events as a stream; opening it is bounded by `within` seconds."""
-    async with AsyncExitStack() as stack:
-        async with asyncio.timeout(within):
-            response = await stack.enter_async_context(client.stream("GET", "/events", params=params, headers=headers))
-        yield SSEReader(response)
-
-
-def check_frame(frame: Frame) -> dict[str, Any]:
-    """A frame's `id:` and `event:` agree with its envelope; return the envelope."""
-    envelope = frame.envelope
-    assert set(envelope) == {"id", "timestamp", "namespace", "topic", "event"}
-    assert frame.id == str(envelope["id"])
-    assert frame.event == envelope["topic"]
-    return envelope
-
-
-async def history(client: httpx.AsyncClient, since: int = 0, **params: Any) -> list[dict[str, Any]]:
-    """Every stored event after `since` (all pages)."""
-    found: list[dict[str, Any]] = []
-    while True:
-        response = await client.get("/events/history", params={"since": since, "limit": 1000, **params})
-        assert response.status_code == 200, response.text
-        page = response.json()
-        found.extend(page["events"])
-        if page["last_id"] == since:
-            return found
-        since = page["last_id"]
-
-
 async def last_event_id(client: httpx.AsyncClient) -> int:
     events = await history(client)
     return int(events[-1]["id"]) if events else 0
-
-
-async def create(client: httpx.AsyncClient, namespace: str, container_id: str, **fields: Any) -> None:
-    response = await client.post(
-        "/containers", json=container_body(container_id, **fields), headers={"Cargohold-Namespace": namespace}
-    )
-    assert response.status_code == 201, response.text
-
-
-def assert_increasing(ids: Sequence[int]) -> None:
-    assert all(a < b for a, b in zip(ids, ids[1:], strict=False)), ids
 
 
 # --- Every change publishes its topic ----------------------------------------------
@@ -303,13 +197,13 @@ async def test_stream_without_since_misses_nothing_committed_once_it_is_open(
     original = EventStore.last_id
 
     async def slow_last_id(self: EventStore) -> int:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the slowness under test
         return await original(self)
 
     monkeypatch.setattr(EventStore, "last_id", slow_last_id)
     async with sse(live_client) as stream:
         await create(live_client, namespace, "first")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # past the slow read: "second" comes after the stream knows its start
         await create(live_client, namespace, "second")
         received: list[dict[str, Any]] = []
         async with asyncio.timeout(3):
@@ -557,11 +451,10 @@ async def test_subscriber_gauge_follows_open_streams(live_client: httpx.AsyncCli
         return metric_value(await metrics_text(live_client), "cargohold_sse_subscribers")
 
     async def until(value: float) -> None:
-        async with asyncio.timeout(5):
-            while True:
-                if await subscribers() == value:
-                    return
-                await asyncio.sleep(0.02)
+        async def reached() -> bool:
+            return await subscribers() == value
+
+        await wait_for(reached, f"cargohold_sse_subscribers is {value}", 5)
 
     assert await subscribers() == 0
     async with sse(live_client):

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.test_containers import (
+from tests.api.containers import (
     INVALID_IDS,
     INVALID_PATH_IDS,
     MALFORMED_JSON,

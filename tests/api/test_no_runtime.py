@@ -58,6 +58,8 @@ async def test_metadata_api_keeps_working(bare_client: httpx.AsyncClient, ns_hea
     listed = (await bare_client.get("/containers", headers=ns_headers)).json()["containers"]
     assert [c["id"] for c in listed] == ["a"]
     patched = await bare_client.patch("/containers/a", json={"labels": {"x": "y"}}, headers=ns_headers)
-    assert patched.status_code == 200
+    assert patched.status_code == 200 and patched.json()["labels"] == {"x": "y"}, patched.text
     assert (await bare_client.delete("/containers/a", headers=ns_headers)).status_code == 204
-    assert (await bare_client.get("/tasks", headers=ns_headers)).status_code == 200
+    assert (await bare_client.get("/containers", headers=ns_headers)).json()["containers"] == []
+    tasks = await bare_client.get("/tasks", headers=ns_headers)
+    assert tasks.status_code == 200 and tasks.json()["tasks"] == [], tasks.text

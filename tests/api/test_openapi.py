@@ -36,8 +36,8 @@ NAMESPACE_HEADER = "Cargohold-Namespace"
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 # The verbs an operationId may start with; a new one is a deliberate choice, added here.
 VERBS = frozenset({
-    "add", "commit", "create", "delete", "get", "import", "kill", "list", "pause", "prepare", "pull",
-    "remove", "resume", "start", "stream", "update", "wait",
+    "add", "collect", "commit", "create", "delete", "export", "get", "import", "kill", "list", "pause", "prepare",
+    "pull", "push", "remove", "resume", "start", "stream", "update", "wait",
 })
 OPERATION_ID = re.compile(r"^(?P<verb>[a-z]+)(?:_[a-z0-9]+)+$")
 # Every route with a body is behind BodyLimitMiddleware (413); a JSON body can also be

@@ -22,8 +22,17 @@ import pytest
 
 from app.config import Settings
 from app.runtime.defaults import DEFAULT_CAPABILITIES, DEFAULT_LINUX
-from tests.api.test_containers import MERGE_PATCH, Json, assert_problem, unchanged
-from tests.api.test_system import CARGOHOLD, MAIN, serving
+from tests.api.containers import (
+    MERGE_PATCH,
+    Json,
+    assert_problem,
+    unchanged,
+)
+from tests.api.served import (
+    CARGOHOLD,
+    MAIN,
+    serving,
+)
 from tests.conftest import container_body, in_process_client, spec
 
 pytestmark = pytest.mark.anyio

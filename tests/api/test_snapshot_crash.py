@@ -21,9 +21,9 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +31,7 @@ import pytest
 from app.models import Mount
 from app.snapshots.mounts import mount_all, mount_points_under, unmount
 from app.snapshots.overlay import overlay_supported
+from tests.conftest import wait_for
 from tests.rootfs import write_busybox_tar
 
 pytestmark = pytest.mark.anyio
@@ -38,7 +39,6 @@ pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[2]
 CARGOHOLD = REPO / ".venv" / "bin" / "cargohold"
 BASE_URL = "http://cargohold"
-T = TypeVar("T")
 
 BOTH = [
     pytest.param(
@@ -109,18 +109,19 @@ class DaemonProcess:
             )
         self.started.append(self.process)
         process = self.process
+
+        async def answers() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the daemon exited with {process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.TransportError):
+                async with self.client() as client:
+                    return (await client.get("/healthz")).status_code == 200
+            return False
+
         try:
-            async with asyncio.timeout(20):
-                while True:
-                    if process.poll() is not None:
-                        raise AssertionError(f"the daemon exited with {process.returncode}:\n{self.log_tail()}")
-                    with contextlib.suppress(httpx.TransportError):
-                        async with self.client() as client:
-                            if (await client.get("/healthz")).status_code == 200:
-                                return
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            raise AssertionError(f"the daemon did not answer /healthz in 20 s:\n{self.log_tail()}") from None
+            await wait_for(answers, "the daemon answers /healthz", 20, every=0.05)
+        except AssertionError as error:
+            raise AssertionError(f"{error}:\n{self.log_tail()}") from None
 
     def kill(self) -> None:
         """kill -9, and reap it."""
@@ -229,19 +230,6 @@ def copy_children(parent: int) -> list[int]:
             if (entry / "comm").read_text().strip() == "cp":
                 found.append(int(entry.name))
     return found
-
-
-async def until(probe: Callable[[], T | None], what: str, within: float = 15.0) -> T:
-    """Poll `probe` (every ~2 ms) until it returns something; fail after `within` seconds."""
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                value = probe()
-                if value is not None:
-                    return value
-                await asyncio.sleep(0.002)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {within} s waiting for {what}") from None
 
 
 # --- tars ------------------------------------------------------------------------------
@@ -380,7 +368,7 @@ async def test_import_killed_mid_stream_leaves_no_snapshot_and_orphan_is_removed
             )
         )
         try:
-            orphan = await until(in_progress, "the import to be half-way, its snapshot mounted")
+            orphan = await wait_for(in_progress, "the import is half-way, its snapshot mounted", 15, every=0.002)
             daemon.kill()
         finally:
             await abandon(upload)
@@ -424,7 +412,7 @@ async def test_native_prepare_killed_while_copying_leaves_no_snapshot(
 
         prepare = asyncio.create_task(client.post("/snapshots", json={"key": "half", "parent": "big"}))
         try:
-            copier = await until(copying, "the native snapshotter's cp -a of the parent")
+            copier = await wait_for(copying, "the native snapshotter's cp -a of the parent runs", 15, every=0.002)
             daemon.strays.append(copier)
             daemon.kill()
         finally:
@@ -432,7 +420,7 @@ async def test_native_prepare_killed_while_copying_leaves_no_snapshot(
 
     # Killed mid-copy: the daemon's cp dies with it (parent-death signal), so nothing keeps
     # writing into the orphan that start-up is about to remove.
-    await until(lambda: None if process_alive(copier) else True, "the daemon's cp to die with it", within=10)
+    await wait_for(lambda: not process_alive(copier), "the daemon's cp dies with it", within=10)
     orphans = daemon.data_dirs() - committed
     assert len(orphans) == 1, orphans
     orphan = daemon.snapshots_dir / orphans.pop()

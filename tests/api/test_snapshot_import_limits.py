@@ -16,7 +16,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,9 +26,9 @@ import pytest
 
 from app.config import Listener, Settings
 from app.snapshots.layers import remove_tree
-from tests.api.test_snapshots import Disk, assert_problem, disk_state, make_tar, reg
-from tests.conftest import in_process_client, running_server, uds_client
-from tests.unit.test_layer_safety import ESCAPES, Host, giant_special_header, gzip_bomb, gzipped, tar
+from tests.api.snapshots import Disk, assert_problem, disk_state, make_tar, reg
+from tests.conftest import in_process_client, running_server, uds_client, wait_for
+from tests.layers import ESCAPES, Host, giant_special_header, gzip_bomb, gzipped, tar
 
 pytestmark = pytest.mark.anyio
 
@@ -206,7 +206,7 @@ class TestStalledUploads:
             before = disk_state(daemon.settings)
             stalled = await Stalled.start(daemon, "stalled")
             try:
-                await wait_until(lambda: len(data_dirs(daemon.settings)) == 1)  # it is under way
+                await wait_for(lambda: len(data_dirs(daemon.settings)) == 1, "the import is under way")
 
                 health, took = await timed(daemon.client.get("/healthz"))
                 assert health.status_code == 200 and took < PROMPT, took
@@ -242,7 +242,8 @@ class TestStalledUploads:
             uploads = [await Stalled.start(daemon, f"stalled{i}") for i in range(count)]
             try:
                 # The first two hold the import threads; the others wait for one.
-                await wait_until(lambda: len(data_dirs(daemon.settings)) == 1 + count)
+                await wait_for(lambda: len(data_dirs(daemon.settings)) == 1 + count, "every import is under way")
+                # The queued ones have nothing to show while they wait for a thread: a moment for them to queue.
                 await asyncio.sleep(0.3)
                 usage, took = await timed(daemon.client.get("/snapshots/base/usage", headers=daemon.headers,
                                                             params={"snapshotter": "overlayfs"}))
@@ -255,14 +256,6 @@ class TestStalledUploads:
                 for upload in uploads:
                     upload.close()
             daemon.nothing_changed_since(before)
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 class TestDeepTree:

@@ -19,8 +19,6 @@ import errno
 import gzip
 import io
 import os
-import posixpath
-import sqlite3
 import stat
 import tarfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,15 +34,29 @@ from starlette.types import Receive, Scope, Send
 from app.config import Settings
 from app.main import create_app
 from app.models import Mount
-from app.snapshots.mounts import mount_all, unmount
+from app.snapshots.mounts import mount_all, mount_points_under, unmount
+from tests.api.snapshots import (
+    ALL_SNAPSHOTTERS,
+    Disk,
+    Json,
+    Member,
+    assert_problem,
+    dir_,
+    disk_state,
+    link,
+    make_tar,
+    opaque,
+    query,
+    reg,
+    sym,
+    whiteout,
+)
 from tests.conftest import BASE_URL, container_body
-from tests.rootfs import busybox_path, tar_entry, write_busybox_tar
+from tests.rootfs import busybox_path, write_busybox_tar
 
 pytestmark = pytest.mark.anyio
 
 SNAPSHOTTERS = [pytest.param("overlayfs", id="overlayfs"), pytest.param("native", id="native")]
-ALL_SNAPSHOTTERS = ("overlayfs", "native")
-PROBLEM_JSON = "application/problem+json"
 # The snapshotter used where the rule under test does not depend on it.
 DEFAULT = "overlayfs"
 # Imports answer in well under a second here; past this they are taken to hang.
@@ -53,47 +65,8 @@ BROKEN_IMPORT_TIMEOUT = 2.0
 SECRET = b"host data that no tar may touch\n"
 HOST_TIME = 1_000_000_000  # the host file's and directory's times: a tar setting its own would show
 
-Json = dict[str, Any]
-
 
 # --- tar building ------------------------------------------------------------------
-
-Member = tuple[tarfile.TarInfo, bytes | None]
-
-
-def reg(name: str, data: bytes = b"", mode: int = 0o644) -> Member:
-    return tar_entry(name, tarfile.REGTYPE, mode, size=len(data)), data
-
-
-def dir_(name: str, mode: int = 0o755) -> Member:
-    return tar_entry(name, tarfile.DIRTYPE, mode), None
-
-
-def sym(name: str, target: str) -> Member:
-    return tar_entry(name, tarfile.SYMTYPE, 0o777, linkname=target), None
-
-
-def link(name: str, target: str) -> Member:
-    return tar_entry(name, tarfile.LNKTYPE, 0o644, linkname=target), None
-
-
-def whiteout(path: str) -> Member:
-    """The OCI whiteout hiding `path` of the lower layers."""
-    directory, base = posixpath.split(path)
-    return reg(posixpath.join(directory, f".wh.{base}"))
-
-
-def opaque(directory: str) -> Member:
-    """The OCI marker hiding what lower layers hold in `directory`."""
-    return reg(f"{directory}/.wh..wh..opq")
-
-
-def make_tar(*members: Member, gzipped: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for info, data in members:
-            archive.addfile(info, io.BytesIO(data) if data is not None else None)
-    return gzip.compress(buffer.getvalue()) if gzipped else buffer.getvalue()
 
 
 async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
@@ -134,18 +107,11 @@ def assert_outside_untouched(outside: Path) -> None:
     assert directory.st_mtime == HOST_TIME, "a tar changed a host directory's times"
 
 
-def _mount_points_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as mountinfo:
-        points = [line.split()[4].replace("\\040", " ") for line in mountinfo]
-    return [point for point in points if (point + "/").startswith(prefix)]
-
-
 @pytest.fixture(autouse=True)
 def no_stray_mounts(tmp_path: Path) -> Iterator[None]:
     """Safety net: whatever a test mounted below tmp_path is unmounted, and the test fails."""
     yield
-    stray = _mount_points_under(tmp_path)
+    stray = [str(p) for p in mount_points_under(tmp_path)]
     for point in sorted(stray, key=len, reverse=True):
         unmount(Path(point))
     assert not stray, f"mounts left behind: {stray}"
@@ -197,42 +163,6 @@ async def daemon(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tupl
     settings = Settings(root=base / "root", state=base / "state", listeners=())
     async with serving(settings) as client:
         yield client, settings
-
-
-@dataclass(frozen=True)
-class Disk:
-    """Data dirs on disk and rows in the store (every namespace) per snapshotter, mounts
-    under the daemon's root, and the newest event id."""
-
-    dirs: dict[str, frozenset[str]]
-    rows: dict[str, frozenset[str]]
-    mounts: frozenset[str]
-    last_event: int
-
-
-def _query(settings: Settings, sql: str, *args: str) -> list[tuple[Any, ...]]:
-    if not settings.database_path.exists():
-        return []
-    with sqlite3.connect(f"file:{settings.database_path}?mode=ro", uri=True) as connection:
-        return connection.execute(sql, args).fetchall()
-
-
-def disk_state(settings: Settings) -> Disk:
-    def dirs(snapshotter: str) -> frozenset[str]:
-        base = settings.root / "snapshots" / snapshotter
-        return frozenset(entry.name for entry in base.iterdir()) if base.is_dir() else frozenset()
-
-    def rows(snapshotter: str) -> frozenset[str]:
-        return frozenset(row[0] for row in _query(settings, "SELECT dir FROM snapshots WHERE snapshotter = ?",
-                                                  snapshotter))
-
-    newest = _query(settings, "SELECT max(id) FROM events")
-    return Disk(
-        dirs={name: dirs(name) for name in ALL_SNAPSHOTTERS},
-        rows={name: rows(name) for name in ALL_SNAPSHOTTERS},
-        mounts=frozenset(_mount_points_under(settings.root)) if settings.root.exists() else frozenset(),
-        last_event=int(newest[0][0] or 0) if newest else 0,
-    )
 
 
 @dataclass
@@ -346,7 +276,7 @@ class Api:
         return disk_state(self.settings).dirs[snapshotter]
 
     def namespace_rows(self, snapshotter: str) -> frozenset[str]:
-        rows = _query(
+        rows = query(
             self.settings, "SELECT dir FROM snapshots WHERE namespace = ? AND snapshotter = ?",
             self.headers["Cargohold-Namespace"], snapshotter,
         )
@@ -354,7 +284,7 @@ class Api:
 
     def dir_of(self, key: str, snapshotter: str) -> Path:
         """The data dir the store records for `key` (to check it goes with the snapshot)."""
-        rows = _query(
+        rows = query(
             self.settings, "SELECT dir FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
             self.headers["Cargohold-Namespace"], snapshotter, key,
         )
@@ -442,19 +372,6 @@ async def assert_refused(api: Api, before: Observed, response: httpx.Response, s
     )
     assert_problem(response, status, *words)
     assert not changes, f"a refused request changed: {changes}"
-
-
-def assert_problem(response: httpx.Response, status: int, *words: str) -> Json:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    problem: Json = response.json()
-    assert problem["status"] == status
-    assert problem["title"]
-    assert problem["type"]
-    assert isinstance(problem["detail"], str) and problem["detail"]
-    for word in words:
-        assert word in problem["detail"], problem["detail"]
-    return problem
 
 
 # --- import --------------------------------------------------------------------------

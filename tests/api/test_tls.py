@@ -15,7 +15,11 @@ import pytest
 
 from app.cli import _check_tls
 from app.config import Listener, Settings
-from tests.api.test_system import CARGOHOLD, free_port, serving
+from tests.api.served import (
+    CARGOHOLD,
+    free_port,
+    serving,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,7 @@ the image service reaches its rows through `app.store.images` only)."""
 
 from __future__ import annotations
 
-from tests.unit.test_layering import APP, imports_of
+from tests.imports import APP, imports_of
 
 FORBIDDEN = ("app.images", "app.store", "app.api", "httpx", "fastapi", "starlette", "aiosqlite", "sqlite3")
 

@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,9 @@ import httpx
 import pytest
 
 from app.config import Listener, Settings
+from tests.conftest import leftovers, wait_for_sync
 from tests.rootfs import write_busybox_tar
-from tests.runtime.conftest import leftovers, require_runtime
+from tests.runtime.conftest import require_runtime
 
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTION = REPO / "openapi" / "openapi.json"
@@ -100,17 +100,18 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _wait_until_healthy(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if process.poll() is not None:
             pytest.fail(f"cargohold serve exited with {process.returncode}:\n{_tail(log)}", pytrace=False)
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"cargohold serve did not answer /healthz within {START_TIMEOUT}s:\n{_tail(log)}", pytrace=False)
+            return False
+
+    try:
+        wait_for_sync(healthy, "cargohold serve answers /healthz", START_TIMEOUT, every=0.1)
+    except AssertionError as error:
+        pytest.fail(f"{error}:\n{_tail(log)}", pytrace=False)
 
 
 def _unix_client(settings: Settings) -> httpx.Client:

@@ -29,7 +29,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,7 +40,18 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from app.images.descriptors import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+from app.config import Settings
+from app.images.descriptors import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+)
+from app.models import Mount
+from app.snapshots.mounts import mount_all, unmount
+from tests.conftest import in_process_client
 from tests.rootfs import write_busybox_tar
 
 REQUIRED = ("docker-registry", "skopeo", "umoci", "htpasswd", "busybox")
@@ -95,6 +106,17 @@ class Registry:
     def blob_gets(self, digest: str) -> int:
         """GET requests for a blob seen in the access log (the registry logs one line each)."""
         return sum(1 for line in self.log.splitlines() if '"GET /v2/' in line and f"/blobs/{digest} " in line)
+
+    def upload_requests(self, repository: str, method: str = "POST") -> int:
+        """Requests of `method` to `repository`'s blob uploads in the access log: POST starts an
+        upload (or asks for a cross-repository mount, `?mount=`), PUT sends the bytes."""
+        return sum(1 for line in self.log.splitlines() if f'"{method} /v2/{repository}/blobs/uploads/' in line)
+
+    def mounts(self, repository: str) -> int:
+        """Cross-repository mounts into `repository` the registry answered 201 (done)."""
+        return sum(1 for line in self.log.splitlines()
+                   if f'"POST /v2/{repository}/blobs/uploads/?' in line and "mount=" in line
+                   and '" 201 ' in line)
 
     def blob_data(self, digest: str) -> Path:
         """Where the registry's filesystem driver keeps a blob's bytes."""
@@ -192,6 +214,8 @@ class Reply:
     body: bytes = b""
     # Send the headers (with the full Content-Length) but only this many body bytes, then hang up.
     cut_after: int | None = None
+    # Send this many body bytes, then send nothing more until the server is stopped.
+    stall_after: int | None = None
 
 
 class HttpServer:
@@ -203,6 +227,7 @@ class HttpServer:
 
     def __init__(self, handle: Callable[[Seen], Reply]) -> None:
         self.seen: list[Seen] = []
+        self.stopping = threading.Event()  # releases the replies that stall
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -217,6 +242,11 @@ class HttpServer:
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
+                if self.command != "HEAD" and reply.stall_after is not None:
+                    self.wfile.write(reply.body[:reply.stall_after])
+                    self.wfile.flush()
+                    owner.stopping.wait()
+                    return
                 if self.command != "HEAD":
                     self.wfile.write(reply.body if reply.cut_after is None else reply.body[:reply.cut_after])
                 if reply.cut_after is not None:
@@ -245,6 +275,7 @@ class HttpServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
@@ -278,6 +309,7 @@ class TokenServer(HttpServer):
         pem = self.certificate.read_text().strip().splitlines()
         self._x5c = "".join(line for line in pem if not line.startswith("-----"))
         self.requests: list[TokenRequest] = []
+        self.issued: list[str] = []  # every token handed out, for tests that look for leaks
 
     def _issue(self, seen: Seen) -> Reply:
         query = parse_qs(urlsplit(seen.path).query)
@@ -302,6 +334,7 @@ class TokenServer(HttpServer):
         claims = {"iss": TOKEN_ISSUER, "sub": user or "", "aud": TOKEN_SERVICE, "exp": now + 300, "nbf": now - 10,
                   "iat": now, "jti": uuid.uuid4().hex, "access": access}
         token = self._sign({"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}, claims)
+        self.issued.append(token)
         body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
         return Reply(200, {"Content-Type": "application/json"}, body)
 
@@ -472,3 +505,156 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory, oci_layout: Path,
         started.push_layout(oci_layout, "latest")
         started.push_layout(oci_layout, "latest", "public/busybox")
         yield started
+
+
+# --- API helpers the image tests share ---------------------------------------------
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process, with its lifespan, on the test's own root."""
+    async with in_process_client(settings) as client:
+        yield client
+
+
+@pytest.fixture
+def headers(namespace: str) -> dict[str, str]:
+    return {"Cargohold-Namespace": namespace}
+
+Json = dict[str, Any]
+
+
+async def pull(api: httpx.AsyncClient, headers: dict[str, str], reference: str, **extra: Any) -> httpx.Response:
+    return await api.post("/images/pull", json={"reference": reference, "plain_http": True, **extra},
+                          headers=headers)
+
+
+async def pulled(api: httpx.AsyncClient, headers: dict[str, str], reference: str, **extra: Any) -> Json:
+    response = await pull(api, headers, reference, **extra)
+    assert response.status_code == 201, response.text
+    image: Json = response.json()
+    return image
+
+
+async def snapshots(api: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Json]:
+    response = await api.get("/snapshots", headers=headers)
+    if response.status_code == 404:  # the namespace was never made
+        return {}
+    assert response.status_code == 200, response.text
+    return {snapshot["key"]: snapshot for snapshot in response.json()["snapshots"]}
+
+
+async def image_names(api: httpx.AsyncClient, headers: dict[str, str]) -> list[str]:
+    response = await api.get("/images", headers=headers)
+    if response.status_code == 404:
+        return []
+    assert response.status_code == 200, response.text
+    return [image["name"] for image in response.json()["images"]]
+
+
+
+def diff_ids_of(registry: Registry, tag: str, repository: str = REPOSITORY) -> list[str]:
+    manifest = json.loads(registry.raw_manifest(f"{registry.host}/{repository}:{tag}"))
+    config = registry.blob_data(manifest["config"]["digest"]).read_bytes()
+    diff_ids: list[str] = json.loads(config)["rootfs"]["diff_ids"]
+    return diff_ids
+
+
+
+
+def push_image(registry: Registry, repository: str, tag: str, layers: list[tuple[bytes, bytes, str]],
+               diff_ids: list[str] | None = None, manifest_type: str = OCI_MANIFEST) -> str:
+    """Push an image of `layers` (tar, blob as sent, media type); returns the manifest digest."""
+    diff_ids = diff_ids or [f"sha256:{hashlib.sha256(tar).hexdigest()}" for tar, _, _ in layers]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    descriptors = [{"mediaType": media_type, "digest": registry.put_blob(repository, blob), "size": len(blob)}
+                   for _, blob, media_type in layers]
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": manifest_type, "layers": descriptors, "config": {
+        "mediaType": OCI_CONFIG, "digest": registry.put_blob(repository, config), "size": len(config)}}).encode()
+    return registry.put_manifest(repository, tag, manifest_type, manifest)
+
+
+def blobs(settings: Settings) -> set[str]:
+    directory = settings.root / "content" / "blobs" / "sha256"
+    return {f"sha256:{path.name}" for path in directory.iterdir()} if directory.is_dir() else set()
+
+
+def ingests(settings: Settings) -> list[str]:
+    directory = settings.root / "content" / "ingest"
+    return sorted(path.name for path in directory.iterdir()) if directory.is_dir() else []
+
+
+def snapshot_dirs(settings: Settings) -> set[str]:
+    root = settings.root / "snapshots"
+    return {f"{d.name}/{e.name}" for d in root.iterdir() if d.is_dir() for e in d.iterdir()} if root.is_dir() else set()
+
+
+class OneLayerImage:
+    """An HttpServer serving one image, `<host>/gc/image:v1`; its layer reply can be cut short
+    (`cut_after` bytes, then hang up) or stall (`stall_after` bytes, then nothing), as set
+    at the time of the request."""
+
+    def __init__(self, tar: bytes, blob: bytes, cut_after: int | None = None, stall_after: int | None = None):
+        self.cut_after, self.stall_after = cut_after, stall_after
+        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+            "type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(tar).hexdigest()}"]}}).encode()
+        self.layer, config_digest = (f"sha256:{hashlib.sha256(data).hexdigest()}" for data in (blob, config))
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                               "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+                               "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": self.layer,
+                                           "size": len(blob)}]}).encode()
+        manifest_digest = f"sha256:{hashlib.sha256(manifest).hexdigest()}"
+
+        def handle(seen: Seen) -> Reply:
+            if seen.path.endswith(("/manifests/v1", f"/manifests/{manifest_digest}")):
+                return Reply(200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": manifest_digest}, manifest)
+            if seen.path.endswith(config_digest):
+                return Reply(200, {}, config)
+            if seen.path.endswith(self.layer):
+                return Reply(200, {}, blob, cut_after=self.cut_after, stall_after=self.stall_after)
+            return Reply(404)
+
+        self.server = HttpServer(handle)
+
+    @property
+    def reference(self) -> str:
+        return f"{self.server.host}/gc/image:v1"
+
+    def __enter__(self) -> OneLayerImage:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.__exit__(*exc_info)
+
+
+@contextmanager
+def mounted(mounts: list[Json], target: Path) -> Iterator[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    mount_all([Mount.model_validate(mount) for mount in mounts], target)
+    try:
+        yield target
+    finally:
+        unmount(target)
+
+
+async def files_of(api: httpx.AsyncClient, headers: dict[str, str], chain_id: str, tmp_path: Path) -> set[str]:
+    """The paths (relative, files and dirs) seen in a view prepared on `chain_id`."""
+    response = await api.post("/snapshots", json={"key": "look", "parent": chain_id, "kind": "view"},
+                              headers=headers)
+    assert response.status_code == 201, response.text
+    try:
+        response = await api.get("/snapshots/look/mounts", headers=headers)
+        assert response.status_code == 200, response.text
+        with mounted(response.json(), tmp_path / "view") as root:
+            return {str(path.relative_to(root)) for path in root.rglob("*")}
+    finally:
+        assert (await api.delete("/snapshots/look", headers=headers)).status_code == 204
+
+
+async def image_events(api: httpx.AsyncClient, namespace: str) -> list[tuple[str, str]]:
+    history = await api.get("/events/history", params={"limit": 1000, "filter": "topic~=^/images/"})
+    assert history.status_code == 200, history.text
+    return [(event["topic"], event["event"]["name"]) for event in history.json()["events"]
+            if event["namespace"] == namespace]

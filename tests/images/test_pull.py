@@ -10,8 +10,6 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,100 +21,30 @@ import zstandard
 from app.config import Settings
 from app.images.descriptors import DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST
 from app.images.unpack import chain_ids
-from app.models import Mount
-from app.snapshots.mounts import mount_all, unmount
 from tests.conftest import in_process_client, running_server, uds_client
-from tests.images.conftest import PASSWORD, REPOSITORY, USERNAME, HttpServer, Registry, Reply, Seen
+from tests.images.conftest import (
+    PASSWORD,
+    REPOSITORY,
+    USERNAME,
+    HttpServer,
+    Registry,
+    Reply,
+    Seen,
+    diff_ids_of,
+    files_of,
+    image_events,
+    image_names,
+    pull,
+    pulled,
+    push_image,
+    snapshots,
+)
 from tests.rootfs import files_tar
 
 pytestmark = [pytest.mark.anyio, pytest.mark.registry]
 
 Json = dict[str, Any]
 
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with in_process_client(settings) as client:
-        yield client
-
-
-@pytest.fixture
-def headers(namespace: str) -> dict[str, str]:
-    return {"Cargohold-Namespace": namespace}
-
-
-async def pull(api: httpx.AsyncClient, headers: dict[str, str], reference: str, **extra: Any) -> httpx.Response:
-    return await api.post("/images/pull", json={"reference": reference, "plain_http": True, **extra},
-                          headers=headers)
-
-
-async def pulled(api: httpx.AsyncClient, headers: dict[str, str], reference: str, **extra: Any) -> Json:
-    response = await pull(api, headers, reference, **extra)
-    assert response.status_code == 201, response.text
-    image: Json = response.json()
-    return image
-
-
-async def snapshots(api: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Json]:
-    response = await api.get("/snapshots", headers=headers)
-    if response.status_code == 404:  # the namespace was never made
-        return {}
-    assert response.status_code == 200, response.text
-    return {snapshot["key"]: snapshot for snapshot in response.json()["snapshots"]}
-
-
-async def image_names(api: httpx.AsyncClient, headers: dict[str, str]) -> list[str]:
-    response = await api.get("/images", headers=headers)
-    if response.status_code == 404:
-        return []
-    assert response.status_code == 200, response.text
-    return [image["name"] for image in response.json()["images"]]
-
-
-@contextmanager
-def mounted(mounts: list[Json], target: Path) -> Iterator[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    mount_all([Mount.model_validate(mount) for mount in mounts], target)
-    try:
-        yield target
-    finally:
-        unmount(target)
-
-
-async def files_of(api: httpx.AsyncClient, headers: dict[str, str], chain_id: str, tmp_path: Path) -> set[str]:
-    """The paths (relative, files and dirs) seen in a view prepared on `chain_id`."""
-    response = await api.post("/snapshots", json={"key": "look", "parent": chain_id, "kind": "view"},
-                              headers=headers)
-    assert response.status_code == 201, response.text
-    try:
-        response = await api.get("/snapshots/look/mounts", headers=headers)
-        assert response.status_code == 200, response.text
-        with mounted(response.json(), tmp_path / "view") as root:
-            return {str(path.relative_to(root)) for path in root.rglob("*")}
-    finally:
-        assert (await api.delete("/snapshots/look", headers=headers)).status_code == 204
-
-
-def diff_ids_of(registry: Registry, tag: str, repository: str = REPOSITORY) -> list[str]:
-    manifest = json.loads(registry.raw_manifest(f"{registry.host}/{repository}:{tag}"))
-    config = registry.blob_data(manifest["config"]["digest"]).read_bytes()
-    diff_ids: list[str] = json.loads(config)["rootfs"]["diff_ids"]
-    return diff_ids
-
-
-
-
-def push_image(registry: Registry, repository: str, tag: str, layers: list[tuple[bytes, bytes, str]],
-               diff_ids: list[str] | None = None, manifest_type: str = OCI_MANIFEST) -> str:
-    """Push an image of `layers` (tar, blob as sent, media type); returns the manifest digest."""
-    diff_ids = diff_ids or [f"sha256:{hashlib.sha256(tar).hexdigest()}" for tar, _, _ in layers]
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
-    descriptors = [{"mediaType": media_type, "digest": registry.put_blob(repository, blob), "size": len(blob)}
-                   for _, blob, media_type in layers]
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": manifest_type, "layers": descriptors, "config": {
-        "mediaType": OCI_CONFIG, "digest": registry.put_blob(repository, config), "size": len(config)}}).encode()
-    return registry.put_manifest(repository, tag, manifest_type, manifest)
 
 
 class TestPull:
@@ -305,13 +233,6 @@ class TestPullFailures:
         assert response.status_code == 503
         assert "unavailable" in response.json()["detail"]
         assert await image_names(api, headers) == []
-
-
-async def image_events(api: httpx.AsyncClient, namespace: str) -> list[tuple[str, str]]:
-    history = await api.get("/events/history", params={"limit": 1000, "filter": "topic~=^/images/"})
-    assert history.status_code == 200, history.text
-    return [(event["topic"], event["event"]["name"]) for event in history.json()["events"]
-            if event["namespace"] == namespace]
 
 
 class TestImages:

@@ -14,10 +14,10 @@ import pytest
 from app.config import Listener, Settings
 from app.images.descriptors import OCI_CONFIG, OCI_MANIFEST
 from app.images.unpack import chain_ids
-from tests.conftest import running_server, uds_client
+from tests.conftest import leftovers, running_server, uds_client
 from tests.images.conftest import REPOSITORY, Registry
-from tests.runtime.conftest import delete_all_tasks, history, leftovers, require_runtime
-from tests.runtime.test_tasks import gone
+from tests.runtime.conftest import delete_all_tasks, history, require_runtime
+from tests.runtime.tasks import gone
 
 pytestmark = [pytest.mark.anyio, pytest.mark.registry, pytest.mark.runtime]
 

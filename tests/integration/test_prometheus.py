@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,11 @@ import httpx
 import pytest
 
 from app.config import Listener, Settings
+from tests.conftest import leftovers, wait_for_sync
 from tests.rootfs import write_busybox_tar
-from tests.runtime.conftest import leftovers, require_runtime
+from tests.runtime.conftest import require_runtime
+
+pytestmark = pytest.mark.runtime
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 REPO = Path(__file__).resolve().parents[2]
@@ -48,19 +51,12 @@ def free_port() -> int:
         return port
 
 
-def until(check: Callable[[], Any], within: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + within
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except httpx.TransportError as error:  # not listening yet
-            last_error = error
-        else:
-            if result:
-                return result
-        time.sleep(every)
-    raise TimeoutError(f"{what}: not within {within} s (last error: {last_error})")
+def answers(client: httpx.Client, path: str) -> bool:
+    """`path` answers 200; False while the server is not listening yet."""
+    try:
+        return client.get(path).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -81,15 +77,12 @@ def log_of(path: Path) -> str:
 
 @pytest.fixture
 def prometheus_settings(tmp_path: Path) -> Iterator[Settings]:
-    """The daemon's directories; afterwards nothing of it may be left (its namespace only:
-    other test runs on this host may have cgroups of their own under /cargohold)."""
+    """The daemon's directories; afterwards nothing of it may be left."""
     require_prometheus()
     require_runtime()
     settings = Settings(root=tmp_path / "root", state=tmp_path / "state", listeners=())
     yield settings
-    left = leftovers(settings)
-    left["cgroups"] = [path for path in left.get("cgroups", []) if f"/{NAMESPACE}" in path]
-    assert {kind: items for kind, items in left.items() if items} == {}, "the test left these behind"
+    assert leftovers(settings) == {}, "the test left these behind"
 
 
 def test_prometheus_scrapes_container_metrics(prometheus_settings: Settings, tmp_path: Path) -> None:
@@ -133,7 +126,7 @@ def test_prometheus_scrapes_container_metrics(prometheus_settings: Settings, tmp
                  "--token-file", str(token_file), "--monitor-interval", "0.5", "--log-level", "warning"],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
             )
-        until(lambda: daemon.poll() is not None or api.get("/healthz").status_code == 200, 30, "daemon up")
+        wait_for_sync(lambda: daemon.poll() is not None or answers(api, "/healthz"), "daemon up", 30, every=0.1)
         timings["daemon up"] = time.monotonic() - test_started
         assert daemon.poll() is None, f"the daemon exited: {log_of(daemon_log)}"
         assert httpx.get(f"http://127.0.0.1:{daemon_port}/metrics").status_code == 401, "/metrics needs the token"
@@ -157,7 +150,9 @@ def test_prometheus_scrapes_container_metrics(prometheus_settings: Settings, tmp
                  f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
                 stdout=out, stderr=subprocess.STDOUT,
             )
-        until(lambda: prometheus.poll() is not None or prom.get("/-/ready").status_code == 200, 30, "Prometheus ready")
+        wait_for_sync(
+            lambda: prometheus.poll() is not None or answers(prom, "/-/ready"), "Prometheus ready", 30, every=0.1
+        )
         assert prometheus.poll() is None, f"Prometheus exited: {log_of(prometheus_log)}"
         timings["prometheus ready"] = time.monotonic() - started
 
@@ -168,8 +163,8 @@ def test_prometheus_scrapes_container_metrics(prometheus_settings: Settings, tmp
             return result
 
         try:
-            result = until(sample, QUERY_WITHIN, "container_memory_usage_bytes in PromQL", every=0.25)
-        except TimeoutError:
+            result = wait_for_sync(sample, "container_memory_usage_bytes in PromQL", QUERY_WITHIN, every=0.25)
+        except AssertionError:
             targets = prom.get("/api/v1/targets").json()
             raise AssertionError(f"no sample; targets: {targets}; daemon log: {log_of(daemon_log)}") from None
         timings["first sample"] = time.monotonic() - started

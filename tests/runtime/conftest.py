@@ -1,9 +1,10 @@
 """Fixtures for tests that run real containers (runc + conmon, root, overlayfs).
 
 Without the runtime these tests skip on a developer machine and FAIL under CI=true, so
-CI can never pass by not running them. Every test gets a daemon of its own (tmp root and
-state) and, afterwards, the check that it left nothing behind: no conmon, no runc state,
-no cgroup under /cargohold, no mount under its root, no task dir.
+CI can never pass by not running them; they are marked `runtime` (`pytest -m "not runtime"`
+leaves them out). Every test gets a daemon of its own (tmp root and state) and,
+afterwards, the check that it left nothing behind (`leftovers`): no conmon, no runtime
+state, no cgroup, no mount under its root or state, no task dir.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ import httpx
 import pytest
 
 from app.config import Listener, Settings
-from app.runtime.cgroups import daemon_cgroup_parent, hierarchies
-from app.snapshots.mounts import mount_points_under
-from tests.conftest import running_server, uds_client
+from tests.conftest import leftovers, running_server, uds_client
 from tests.rootfs import write_busybox_tar
 
 REQUIRED = ("runc", "conmon", "busybox")
@@ -41,49 +40,6 @@ def require_runtime() -> None:
 def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_runtime()
     return write_busybox_tar(tmp_path_factory.mktemp("rootfs") / "busybox.tar")
-
-
-def conmon_pids_under(path: Path) -> list[int]:
-    """conmon processes whose command line mentions `path` (ours, not anyone else's)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"conmon") and any(str(path).encode() in arg for arg in argv):
-            found.append(int(entry.name))
-    return found
-
-
-def leftover_cgroups(root: str) -> list[Path]:
-    """Every cgroup directory below `root` in any hierarchy."""
-    found: list[Path] = []
-    for hierarchy in hierarchies():
-        # os.walk shrugs off directories that vanish while it looks (other tasks ending).
-        for directory, subdirectories, _ in os.walk(hierarchy / root.lstrip("/")):
-            found.extend(Path(directory) / name for name in subdirectories)
-    return found
-
-
-def leftovers(settings: Settings) -> dict[str, Any]:
-    """Whatever a test left that it should not have (empty dict: clean)."""
-    runc_root = settings.state / "runtimes" / "runc"
-    runc_states = [p.name for p in runc_root.iterdir()] if runc_root.is_dir() else []
-    tasks_dir = settings.state / "tasks"
-    task_dirs = [str(p) for p in tasks_dir.glob("*/*")] if tasks_dir.is_dir() else []
-    found = {
-        "conmon": conmon_pids_under(settings.state),
-        "runc state": runc_states,
-        # Below this daemon's own cgroup parent: other daemons on the host have theirs.
-        "cgroups": [str(p) for p in leftover_cgroups(daemon_cgroup_parent(settings.state))],
-        "mounts": [str(p) for base in (settings.root, settings.state) if base.exists()
-                   for p in mount_points_under(base)],
-        "task dirs": task_dirs,
-    }
-    return {kind: items for kind, items in found.items() if items}
 
 
 @pytest.fixture

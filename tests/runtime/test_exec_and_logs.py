@@ -18,25 +18,27 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.conftest import running_server, uds_client
+from tests.conftest import leftovers, running_server, uds_client
 from tests.runtime.conftest import delete_all_tasks, import_busybox, make_container
-from tests.runtime.test_tasks import (
+from tests.runtime.tasks import (
+    NDJSON,
     SERVE,
     SIGKILL_STATUS,
     conmon_of,
     create,
     gone,
-    left_behind,
+    log_lines,
     problem,
     run,
     task_events,
+    texts,
     topics,
+    vm_rss_kib,
+    wait_exec,
     wait_exit,
 )
 
-pytestmark = pytest.mark.anyio
-
-NDJSON = "application/x-ndjson"
+pytestmark = [pytest.mark.anyio, pytest.mark.runtime]
 
 
 @pytest.fixture
@@ -64,36 +66,6 @@ async def start_exec(client: httpx.AsyncClient, headers: dict[str, str], task_id
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-async def wait_exec(client: httpx.AsyncClient, headers: dict[str, str], task_id: str, exec_id: str) -> dict[str, Any]:
-    response = await client.post(f"/tasks/{task_id}/processes/{exec_id}/wait", headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def parse_lines(response: httpx.Response) -> list[dict[str, Any]]:
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith(NDJSON), response.headers
-    return [json.loads(line) for line in response.text.splitlines()]
-
-
-async def log_lines(
-    client: httpx.AsyncClient, headers: dict[str, str], path: str, **params: Any
-) -> list[dict[str, Any]]:
-    return parse_lines(await client.get(path, params=params, headers=headers))
-
-
-def texts(lines: list[dict[str, Any]]) -> list[str]:
-    return [line["line"] for line in lines]
-
-
-def vm_rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 # (case, body, status) for POST /tasks/{id}/processes
@@ -219,7 +191,7 @@ class TestExec:
         # The task is unharmed.
         assert (await api.get("/tasks/web", headers=ns_headers)).json()["status"] == "running"
         assert (await api.delete("/tasks/web", headers=ns_headers)).status_code == 200
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
 
     async def test_exec_running_when_the_task_exits(
         self, api: httpx.AsyncClient, runtime_settings: Settings, namespace: str, ns_headers: dict[str, str]
@@ -229,6 +201,7 @@ class TestExec:
         await add_exec(api, ns_headers, "web", "nap", ["sleep", "30"])
         await start_exec(api, ns_headers, "web", "nap")
         waiting = asyncio.create_task(api.post("/tasks/web/processes/nap/wait", headers=ns_headers))
+        # Meant to have the wait pending before the delete; either order answers the same.
         await asyncio.sleep(0.1)
         deleted = await api.delete("/tasks/web", headers=ns_headers)
         assert deleted.status_code == 200, deleted.text
@@ -236,7 +209,7 @@ class TestExec:
         assert answer.status_code == 200, answer.text
         assert answer.json()["exit_status"] == SIGKILL_STATUS, answer.json()
         assert (await wait_exec(api, ns_headers, "web", "nap")) == answer.json()
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
 
     async def test_exec_never_started_has_no_exit(
         self, api: httpx.AsyncClient, namespace: str, ns_headers: dict[str, str]

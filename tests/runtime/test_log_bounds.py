@@ -15,12 +15,11 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.conftest import running_server, uds_client
+from tests.conftest import running_server, uds_client, wait_for
 from tests.runtime.conftest import delete_all_tasks, import_busybox
-from tests.runtime.test_exec_and_logs import vm_rss_kib
-from tests.runtime.test_tasks import run, wait_exit
+from tests.runtime.tasks import run, vm_rss_kib, wait_exit
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.runtime]
 
 TEN_MIB = 10 * 1024 * 1024
 # Waits for the follow to be open (the file "go" appears), then one line of 10 MiB.
@@ -104,9 +103,9 @@ async def test_a_followed_endless_line_comes_in_bounded_parts(
     grown = (peak - before) * 1024
     assert grown < TEN_MIB // 2, f"the daemon's RSS grew by {grown} bytes while a 10 MiB line was followed"
     # The follow has ended: its stream is released.
-    async with asyncio.timeout(5):
-        while True:
-            async with client.stream("GET", "/events") as events:
-                if events.status_code == 200:
-                    break
-            await asyncio.sleep(0.05)
+
+    async def a_stream_is_free() -> bool:
+        async with client.stream("GET", "/events") as events:
+            return events.status_code == 200
+
+    await wait_for(a_stream_is_free, "the follow's stream is released", 5)

@@ -25,12 +25,11 @@ import pytest
 from app import policy
 from app.config import Settings
 from app.runtime.defaults import DEFAULT_CAPABILITIES, DEFAULT_MOUNTS
-from tests.conftest import running_server, uds_client
+from tests.conftest import leftovers, running_server, uds_client
 from tests.runtime.conftest import delete_all_tasks, import_busybox, make_container, settings_with
-from tests.runtime.test_exec_and_logs import log_lines, texts, wait_exec
-from tests.runtime.test_tasks import SERVE, create, gone, left_behind, problem, ready, topics, wait_exit
+from tests.runtime.tasks import SERVE, create, gone, log_lines, problem, ready, texts, topics, wait_exec, wait_exit
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.runtime]
 
 LABEL = "cargohold.policy"
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
@@ -188,7 +187,7 @@ class TestCheckedAgain:
         assert not marker.exists(), "the hook did not run"
         assert (await api.get("/tasks", headers=ns_headers)).json()["tasks"] == []
         assert "/tasks/create" not in await topics(api, namespace)
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
         assert not (runtime_settings.state / "tasks" / namespace / "hooked").exists()
 
         await label(api, namespace, "privileged")  # the same container, allowed again
@@ -212,7 +211,7 @@ class TestCheckedAgain:
         assert f"spec.mounts[{len(DEFAULT_MOUNTS)}].source: host path / (resolved)" in problem(response, 422)["detail"]
         assert (await api.get("/tasks", headers=ns_headers)).json()["tasks"] == []
         assert "/tasks/create" not in await topics(api, namespace)
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
 
     async def test_exec_capabilities(
         self, api: httpx.AsyncClient, namespace: str, ns_headers: dict[str, str]
@@ -261,7 +260,7 @@ class TestProfileFile:
             assert "apt-get install golang-github-containers-common" in problem(response, 503)["detail"]
             assert (await client.get("/tasks", headers=ns_headers)).json()["tasks"] == []
             assert "/tasks/create" not in await topics(client, namespace)
-            assert left_behind(runtime_settings, namespace) == {}
+            assert leftovers(runtime_settings) == {}
 
     async def test_a_named_profile_is_the_default(
         self, runtime_settings: Settings, busybox_tar: Path, tmp_path: Path, ns_headers: dict[str, str]

@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +32,12 @@ from app.identifiers import identifier_problem
 from app.main import create_app
 from app.models import KillRequest, TaskCreate
 from app.runtime.cgroups import cgroup_name, daemon_cgroup_parent, hierarchies, task_cgroup
-from tests.conftest import BASE_URL
+from tests.conftest import BASE_URL, leftovers, wait_for
 from tests.runtime.conftest import delete_all_tasks, history, import_busybox, make_container
-from tests.runtime.test_restart import (
-    LONG,
-    alive,
-    daemon_in,
-    eventually,
-    everything_left,
-    no_tasks,
-    run_task,
-    start_exec,
-    topics_for,
-    wait_status,
-)
+from tests.runtime.daemon import daemon_in
+from tests.runtime.tasks import LONG, alive, monitor_polls, no_tasks, run_exec, run_task, topics_for, wait_status
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.runtime]
 
 TASK_TOPICS = ("/tasks/create", "/tasks/start", "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/delete")
 
@@ -181,7 +172,7 @@ async def test_recovery_reconciles_with_runc_state(
     """While the daemon is down, runc and the rows part ways as a crash between them
     leaves them (runc changed behind its back, a row edited with sqlite3). At start the rows
     are corrected, each with its event, once; then resume, pause and delete work."""
-    async with daemon_in(tmp_path, namespace) as daemon:
+    async with daemon_in(tmp_path) as daemon:
         client = await daemon.start()
         await import_busybox(client, busybox_tar, ns_headers)
         for name in ("frozen", "thawed", "edited", "started"):
@@ -228,9 +219,9 @@ async def test_recovery_reconciles_with_runc_state(
         for name in expected:
             deleted = await client.delete(f"/tasks/{name}", headers=ns_headers)
             assert deleted.status_code == 200 and deleted.json()["exit_status"] == 137, deleted.text
-        await eventually(lambda: no_tasks(client, ns_headers), "the tasks are torn down")
+        await wait_for(lambda: no_tasks(client, ns_headers), "the tasks are torn down", 20)
         await daemon.stop(signal.SIGTERM)
-        assert everything_left(daemon, namespace) == {}
+        assert leftovers(daemon.settings) == {}
 
 
 # --- exec processes: started once, signalled through a pidfd ------------------------------
@@ -254,7 +245,13 @@ async def test_concurrent_exec_starts_run_it_once(
     assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
     assert "started already" in next(a for a in answers if a.status_code == 409).json()["detail"]
     assert await wait_status(client, ns_headers, "/tasks/host/processes/once") == 0
-    await asyncio.sleep(1)  # a second run, were there one, has written by now
+
+    async def only_init_left() -> bool:  # a second run, were there one, has ended (and written)
+        pids = await client.get("/tasks/host/pids", headers=ns_headers)
+        assert pids.status_code == 200, pids.text
+        return len(pids.json()["pids"]) == 1
+
+    await wait_for(only_init_left, "every exec run has ended")
     rootfs = runtime_settings.state / "tasks" / namespace / "host" / "bundle" / "rootfs"
     assert (rootfs / "count").read_text() == "ran\n"
     events = await history(client, namespace)
@@ -270,7 +267,7 @@ async def test_kill_exec_signals_only_its_process(
     await make_container(client, ns_headers, "host", LONG)
     await run_task(client, ns_headers, "host")
     with decoy() as bystander:
-        await start_exec(client, ns_headers, "host", "brief", ["true"])
+        await run_exec(client, ns_headers, "host", "brief", ["true"])
         assert await wait_status(client, ns_headers, "/tasks/host/processes/brief") == 0
         events_before = await history(client, namespace)
         for sig in ("SIGKILL", "SIGTERM"):
@@ -286,7 +283,7 @@ async def test_kill_exec_signals_only_its_process(
         assert bystander.poll() is None, "a signal reached a process outside the task"
         assert len(await history(client, namespace)) == len(events_before) + 1  # only idle's exec-added
 
-        process = await start_exec(client, ns_headers, "host", "long", LONG)
+        process = await run_exec(client, ns_headers, "host", "long", LONG)
         killed = await client.post("/tasks/host/processes/long/kill", json={"signal": "SIGKILL"}, headers=ns_headers)
         assert killed.status_code == 204, killed.text
         assert await wait_status(client, ns_headers, "/tasks/host/processes/long") == 137
@@ -298,12 +295,12 @@ async def test_kill_exec_after_restart_never_signals_a_reused_pid(
 ) -> None:
     """While the daemon is down the exec's row comes to name another process's pid (as pid
     reuse would): after the restart, kill reaches the exec and nothing else."""
-    async with daemon_in(tmp_path, namespace) as daemon:
+    async with daemon_in(tmp_path) as daemon:
         client = await daemon.start()
         await import_busybox(client, busybox_tar, ns_headers)
         await make_container(client, ns_headers, "host", LONG)
         await run_task(client, ns_headers, "host")
-        process = await start_exec(client, ns_headers, "host", "long", LONG)
+        process = await run_exec(client, ns_headers, "host", "long", LONG)
         await daemon.stop(signal.SIGKILL)
         with decoy() as bystander:
             with sqlite3.connect(daemon.root / "metadata.db") as db:
@@ -323,9 +320,9 @@ async def test_kill_exec_after_restart_never_signals_a_reused_pid(
             assert bystander.poll() is None
         deleted = await client.delete("/tasks/host", headers=ns_headers)
         assert deleted.status_code == 200, deleted.text
-        await eventually(lambda: no_tasks(client, ns_headers), "the task is torn down")
+        await wait_for(lambda: no_tasks(client, ns_headers), "the task is torn down", 20)
         await daemon.stop(signal.SIGTERM)
-        assert everything_left(daemon, namespace) == {}
+        assert leftovers(daemon.settings) == {}
 
 
 async def test_exec_run_but_not_recorded_is_adopted_not_run_again(
@@ -335,13 +332,13 @@ async def test_exec_run_but_not_recorded_is_adopted_not_run_again(
     back with sqlite3 while the daemon is down): recovery records it as started, so a
     second start is refused and kill and wait work. An exec id used before, added again
     and not started, stays unstarted (the earlier run's files do not count)."""
-    async with daemon_in(tmp_path, namespace) as daemon:
+    async with daemon_in(tmp_path) as daemon:
         client = await daemon.start()
         await import_busybox(client, busybox_tar, ns_headers)
         await make_container(client, ns_headers, "host", LONG)
         await run_task(client, ns_headers, "host")
-        process = await start_exec(client, ns_headers, "host", "cut", LONG)
-        await start_exec(client, ns_headers, "host", "again", ["true"])
+        process = await run_exec(client, ns_headers, "host", "cut", LONG)
+        await run_exec(client, ns_headers, "host", "again", ["true"])
         assert await wait_status(client, ns_headers, "/tasks/host/processes/again") == 0
         added = await client.post("/tasks/host/processes", headers=ns_headers,
                                   json={"exec_id": "again", "process": {"args": ["sh", "-c", "exit 4"]}})
@@ -367,9 +364,9 @@ async def test_exec_run_but_not_recorded_is_adopted_not_run_again(
         assert await wait_status(client, ns_headers, "/tasks/host/processes/again") == 4
         deleted = await client.delete("/tasks/host", headers=ns_headers)
         assert deleted.status_code == 200, deleted.text
-        await eventually(lambda: no_tasks(client, ns_headers), "the task is torn down")
+        await wait_for(lambda: no_tasks(client, ns_headers), "the task is torn down", 20)
         await daemon.stop(signal.SIGTERM)
-        assert everything_left(daemon, namespace) == {}
+        assert leftovers(daemon.settings) == {}
 
 
 # --- the smaller points ------------------------------------------------------------------
@@ -406,7 +403,7 @@ async def test_lock_table_keeps_no_entry_for_ids_tried(
         await import_busybox(client, busybox_tar, headers)
         await make_container(client, headers, "web", LONG)
         await run_task(client, headers, "web")
-        await start_exec(client, headers, "web", "e", ["true"])
+        await run_exec(client, headers, "web", "e", ["true"])
         for step in ("pause", "resume"):
             assert (await client.post(f"/tasks/web/{step}", headers=headers)).status_code == 200
         assert (await client.delete("/tasks/web", headers=headers)).status_code == 200
@@ -455,7 +452,7 @@ async def test_an_oom_kill_is_published_once_across_restarts(
     tmp_path: Path, busybox_tar: Path, namespace: str, ns_headers: dict[str, str]
 ) -> None:
     doubling = "x=a; while true; do x=$x$x; done"
-    async with daemon_in(tmp_path, namespace) as daemon:
+    async with daemon_in(tmp_path) as daemon:
         client = await daemon.start()
         await import_busybox(client, busybox_tar, ns_headers)
         await make_container(client, ns_headers, "survivor", ["sh", "-c", f"sh -c '{doubling}'; sleep 1000"],
@@ -469,17 +466,22 @@ async def test_an_oom_kill_is_published_once_across_restarts(
         async def one_oom() -> bool:
             return len(await ooms()) == 1
 
-        await eventually(one_oom, "the OOM kill is published", within=30)
+        async def polled_thrice() -> bool:
+            assert daemon.client is not None
+            return await monitor_polls(daemon.client) >= 3
+
+        await wait_for(one_oom, "the OOM kill is published", within=30)
         for how in (signal.SIGTERM, signal.SIGKILL):
             client = await daemon.restart(how)
-            await asyncio.sleep(2.5)  # more than two polls of the monitor
+            # A republished kill would come from the new daemon's monitor: at its watch or a poll.
+            await wait_for(polled_thrice, "the restarted monitor has polled thrice", 30)
             assert len(await ooms()) == 1, f"after a restart ({how.name}) the old kill was published again"
         deleted = await client.delete("/tasks/survivor", headers=ns_headers)
         assert deleted.status_code == 200, deleted.text
         assert deleted.json()["oom_killed"] is True
-        await eventually(lambda: no_tasks(client, ns_headers), "the task is torn down")
+        await wait_for(lambda: no_tasks(client, ns_headers), "the task is torn down", 20)
         await daemon.stop(signal.SIGTERM)
-        assert everything_left(daemon, namespace) == {}
+        assert leftovers(daemon.settings) == {}
 
 
 CONTROL_FILE_NAMES = ["tasks", "cgroup.procs", "notify_on_release", "release_agent", "memory.limit_in_bytes"]
@@ -533,7 +535,7 @@ async def test_start_up_sweep_spares_another_daemons_cgroups(
     One's start-up sweep removes the cgroups no task of its own owns, and none of the other's."""
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-    async with daemon_in(tmp_path / "a", namespace) as first, daemon_in(tmp_path / "b", namespace) as second:
+    async with daemon_in(tmp_path / "a") as first, daemon_in(tmp_path / "b") as second:
         tasks: dict[str, dict[str, Any]] = {}
         for daemon in (first, second):
             client = await daemon.start()
@@ -559,9 +561,9 @@ async def test_start_up_sweep_spares_another_daemons_cgroups(
             assert live is not None
             deleted = await live.delete("/tasks/web", headers=ns_headers)
             assert deleted.status_code == 200 and deleted.json()["exit_status"] == 137, deleted.text
-            await eventually(lambda: no_tasks(live, ns_headers), "the task is torn down")  # noqa: B023
+            await wait_for(partial(no_tasks, live, ns_headers), "the task is torn down", 20)
             await daemon.stop(signal.SIGTERM)
-            assert everything_left(daemon, namespace) == {}
+            assert leftovers(daemon.settings) == {}
         with suppress(OSError):
             theirs.rmdir()
 

@@ -5,42 +5,23 @@ was published exactly once (DESIGN: Tasks, "Exit means delete")."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app.config import Listener, Settings
-from app.snapshots.mounts import mount_points_under
-from tests.runtime.conftest import conmon_pids_under, history, import_busybox, make_container, require_runtime
-from tests.runtime.test_restart import cgroups_of, leftovers_of
+from app.config import Settings
+from tests.conftest import leftovers, wait_for
+from tests.runtime.conftest import history, import_busybox, make_container
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.runtime]
 
 CYCLES = 50
 AT_ONCE = 10
 BUDGET_SECONDS = 60.0
 CONTAINER_DELETE_SECONDS = 10.0
-
-
-@pytest.fixture
-def runtime_settings(tmp_path: Path, namespace: str) -> Iterator[Settings]:
-    """As tests/runtime/conftest.py's, but the cgroup check is narrowed to this test's
-    namespace (see `leftovers_of`): other runs on this host may have tasks running."""
-    require_runtime()
-    settings = Settings(
-        root=tmp_path / "root",
-        state=tmp_path / "state",
-        listeners=(Listener.parse(f"unix://{tmp_path / 'state' / 'cargohold.sock'}"),),
-    )
-    yield settings
-    left = leftovers_of(settings, namespace)
-    assert left == {}, f"the test left these behind: {left}"
 
 
 def is_busybox_sleep(pid: int) -> bool:
@@ -50,14 +31,6 @@ def is_busybox_sleep(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z" and argv[:1] == [b"sleep"]
-
-
-def runc_ids(runc_root: Path) -> list[str]:
-    if not runc_root.is_dir():
-        return []
-    listed = subprocess.run(["runc", f"--root={runc_root}", "list", "--format", "json"],
-                            capture_output=True, timeout=30, check=True)
-    return [entry["id"] for entry in json.loads(listed.stdout or b"[]") or []]
 
 
 class Cycle:
@@ -79,11 +52,7 @@ class Cycle:
         started = await client.post(f"/tasks/{self.id}/start", headers=headers)
         assert started.status_code == 200, started.text
         # `runc start` returns before the init has exec'd: until then it is `runc init`.
-        for _ in range(200):
-            if is_busybox_sleep(self.pid):
-                break
-            await asyncio.sleep(0.01)
-        assert is_busybox_sleep(self.pid), f"{self.id}: pid {self.pid} is not running sleep"
+        await wait_for(lambda: is_busybox_sleep(self.pid), f"{self.id}: pid {self.pid} runs sleep", 2, every=0.01)
         killed = await client.post(f"/tasks/{self.id}/kill", json={"signal": "SIGKILL"}, headers=headers)
         assert killed.status_code == 204, killed.text
         waited = await client.post(f"/tasks/{self.id}/wait", headers=headers)
@@ -122,15 +91,8 @@ async def test_soak_create_start_kill_wait(
     print(f"\nsoak: {CYCLES} cycles, {AT_ONCE} at once, in {elapsed:.1f} s "
           f"({elapsed / CYCLES * 1000:.0f} ms a cycle); container deletes answered 409 after wait: {conflicts}")
 
-    state, root = runtime_settings.state, runtime_settings.root
-    assert conmon_pids_under(state) == []
+    assert leftovers(runtime_settings) == {}
     assert [cycle.pid for cycle in cycles if is_busybox_sleep(cycle.pid)] == []
-    assert mount_points_under(root) == [] and mount_points_under(state) == []
-    assert cgroups_of({namespace}) == []
-    assert runc_ids(state / "runtimes" / "runc") == []
-    runc_root = state / "runtimes" / "runc"
-    assert not runc_root.exists() or list(runc_root.iterdir()) == []
-    assert list((state / "tasks").glob("*/*")) == []
     assert (await client.get("/tasks", headers=ns_headers)).json()["tasks"] == []
     assert (await client.get("/containers", headers=ns_headers)).json()["containers"] == []
     snapshots = (await client.get("/snapshots", headers=ns_headers)).json()["snapshots"]
@@ -171,9 +133,10 @@ async def test_container_can_be_deleted_once_wait_has_answered(
         task_delete = await client.delete(f"/tasks/{container_id}", headers=ns_headers)
         answers.append((deleted.status_code, task.status_code, task_delete.status_code))
         if deleted.status_code == 409:  # let the teardown finish, then delete for real
-            for _ in range(500):
-                if (await client.delete(f"/containers/{container_id}", headers=ns_headers)).status_code == 204:
-                    break
-                await asyncio.sleep(0.02)
+
+            async def deleted_now(path: str = f"/containers/{container_id}") -> bool:
+                return (await client.delete(path, headers=ns_headers)).status_code == 204
+
+            await wait_for(deleted_now, f"container {container_id} is deleted")
     # (DELETE /containers, GET /tasks/<id>, DELETE /tasks/<id>) right after wait answered.
     assert answers == [(204, 404, 404)] * 5, answers

@@ -10,7 +10,7 @@ import pytest
 
 from tests.runtime.conftest import import_busybox, make_container
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.runtime]
 
 
 async def test_run_to_completion(

@@ -20,19 +20,26 @@ import pytest
 from app.config import Settings
 from app.runtime.cgroups import daemon_cgroup_parent
 from app.snapshots.mounts import mount_points_under
-from tests.runtime.conftest import conmon_pids_under, import_busybox, make_container
+from tests.conftest import leftovers, wait_for
+from tests.runtime.conftest import import_busybox, make_container
+from tests.runtime.tasks import (
+    SERVE,
+    SIGKILL_STATUS,
+    SIGTERM_STATUS,
+    conmon_of,
+    create,
+    gone,
+    problem,
+    ready,
+    run,
+    task_events,
+    topics,
+    wait_exit,
+)
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.runtime]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-PROBLEM = "application/problem+json"
-
-# Runs until SIGTERM (it exits 43 then: proof the signal reached it) or SIGKILL (137).
-# An init process in its own pid namespace ignores signals it has no handler for, so
-# nothing may send SIGTERM before it says "ready" (its trap is set): see `ready()`.
-SERVE = ["sh", "-c", "trap 'exit 43' TERM; echo ready; while :; do sleep 0.05; done"]
-SIGTERM_STATUS = 43
-SIGKILL_STATUS = 128 + 9
 
 
 # (case, body, status) for POST /tasks/{id}/kill
@@ -74,16 +81,6 @@ REFUSED_UPDATES: list[tuple[str, Any, tuple[int, ...]]] = [
 # --- helpers -------------------------------------------------------------------------
 
 
-def problem(response: httpx.Response, *statuses: int) -> dict[str, Any]:
-    """The problem+json body of `response`, whose status must be one of `statuses`."""
-    assert response.status_code in statuses, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["status"] == response.status_code
-    assert body["title"] and body["detail"], body
-    return body
-
-
 def cgroup(controller: str, namespace: str, task_id: str) -> Path:
     """The task's cgroup below its daemon's parent (`/cargohold/<key>`; the namespace is
     this test's own, so one daemon's at most)."""
@@ -95,110 +92,9 @@ def read_cgroup(controller: str, namespace: str, task_id: str, name: str) -> str
     return (cgroup(controller, namespace, task_id) / name).read_text().strip()
 
 
-def conmon_of(settings: Settings, task_id: str) -> list[int]:
-    """conmon processes of this daemon that run `task_id`."""
-    found = []
-    for pid in conmon_pids_under(settings.state):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if task_id.encode() in argv:
-            found.append(pid)
-    return found
-
-
-def left_behind(settings: Settings, namespace: str) -> dict[str, Any]:
-    """What this daemon left behind: `leftovers(settings)`, except that only this test's
-    namespace is scanned for cgroups (other daemons on the host have their own)."""
-    runc_root = settings.state / "runtimes" / "runc"
-    tasks_dir = settings.state / "tasks"
-    found: dict[str, Any] = {
-        "conmon": conmon_pids_under(settings.state),
-        "runc state": sorted(p.name for p in runc_root.iterdir()) if runc_root.is_dir() else [],
-        "cgroups": sorted(str(p) for p in CGROUP_ROOT.glob(f"*/cargohold/*/{namespace}")),
-        "mounts": [str(p) for p in mount_points_under(settings.root)] if settings.root.exists() else [],
-        "task dirs": [str(p) for p in tasks_dir.glob("*/*")] if tasks_dir.is_dir() else [],
-    }
-    return {kind: items for kind, items in found.items() if items}
-
-
 def runtime_states(settings: Settings, runtime: str) -> list[str]:
     root = settings.state / "runtimes" / runtime
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-
-
-async def task_events(client: httpx.AsyncClient, namespace: str) -> list[dict[str, Any]]:
-    response = await client.get(
-        "/events/history",
-        params={"filter": f'topic~="^/tasks/",namespace=="{namespace}"', "limit": 1000},
-    )
-    assert response.status_code == 200, response.text
-    events: list[dict[str, Any]] = response.json()["events"]
-    return events
-
-
-async def topics(client: httpx.AsyncClient, namespace: str) -> list[str]:
-    return [event["topic"] for event in await task_events(client, namespace)]
-
-
-async def eventually_topics(client: httpx.AsyncClient, namespace: str, last: str, within: float = 5) -> list[str]:
-    """The task topics once `last` has been published (the teardown follows the exit)."""
-    deadline = time.monotonic() + within
-    while True:
-        found = await topics(client, namespace)
-        if last in found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.02)
-
-
-async def create(client: httpx.AsyncClient, headers: dict[str, str], task_id: str) -> dict[str, Any]:
-    response = await client.post("/tasks", json={"container_id": task_id}, headers=headers)
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def run(
-    client: httpx.AsyncClient, headers: dict[str, str], task_id: str, args: list[str] | None = None, **spec: Any
-) -> dict[str, Any]:
-    """A container running `args` (default: SERVE) and its started task."""
-    await make_container(client, headers, task_id, args or SERVE, **spec)
-    await create(client, headers, task_id)
-    started = await client.post(f"/tasks/{task_id}/start", headers=headers)
-    assert started.status_code == 200, started.text
-    if args is None or args == SERVE:
-        await ready(client, headers, task_id)
-    body: dict[str, Any] = started.json()
-    return body
-
-
-async def ready(client: httpx.AsyncClient, headers: dict[str, str], task_id: str, within: float = 5) -> None:
-    """Wait until a SERVE task has set its SIGTERM trap (it prints "ready" then)."""
-    deadline = time.monotonic() + within
-    while '"line":"ready"' not in (await client.get(f"/tasks/{task_id}/logs", headers=headers)).text:
-        assert time.monotonic() < deadline, f"task {task_id} did not get ready"
-        await asyncio.sleep(0.02)
-
-
-async def wait_exit(client: httpx.AsyncClient, headers: dict[str, str], task_id: str) -> dict[str, Any]:
-    response = await client.post(f"/tasks/{task_id}/wait", headers=headers, timeout=15)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def gone(client: httpx.AsyncClient, headers: dict[str, str], task_id: str, within: float = 5) -> None:
-    """Wait until the task's teardown has finished: every /tasks/create of it has its
-    /tasks/delete (published once runtime state, cgroup, mount and bundle are gone)."""
-    namespace = headers["Cargohold-Namespace"]
-    deadline = time.monotonic() + within
-    while True:
-        mine = [e["topic"] for e in await task_events(client, namespace) if e["event"].get("container_id") == task_id]
-        if mine.count("/tasks/delete") >= mine.count("/tasks/create"):
-            return
-        assert time.monotonic() < deadline, f"task {task_id} was not torn down: {mine}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -228,7 +124,7 @@ class TestCreate:
             # Nothing half-made stays: no task, no conmon, no crun state, cgroup or mount.
             assert (await api.get("/tasks", headers=ns_headers)).json()["tasks"] == []
             assert runtime_states(runtime_settings, "crun") == []
-            assert left_behind(runtime_settings, namespace) == {}
+            assert leftovers(runtime_settings) == {}
             assert "/tasks/create" not in await topics(api, namespace)
             if "crun" in detail and ("hybrid" in detail or "not supported" in detail):
                 pytest.skip(f"crun cannot run tasks on this host: {detail}")
@@ -274,7 +170,7 @@ class TestCreate:
         assert not memory.exists()
         assert conmon_of(runtime_settings, f"{namespace}+web") == []
         assert runtime_states(runtime_settings, runtime) == []
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
 
     async def test_one_task_per_container(self, api: httpx.AsyncClient, ns_headers: dict[str, str]) -> None:
         await make_container(api, ns_headers, "web", SERVE)
@@ -359,7 +255,7 @@ class TestCreate:
         assert (await api.get("/tasks", headers=ns_headers)).json()["tasks"] == []
         problem(await api.get("/tasks/broken", headers=ns_headers), 404)
         assert "/tasks/create" not in await topics(api, namespace)
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
         assert not (runtime_settings.state / "tasks" / namespace / "broken").exists()
         # The container itself is unharmed.
         assert (await api.get("/containers/broken", headers=ns_headers)).status_code == 200
@@ -410,7 +306,7 @@ class TestCreate:
         response = await api.post("/tasks", json={"container_id": "tty", **body}, headers=ns_headers)
         assert "not supported" in problem(response, 400, 422)["detail"]
         assert (await api.get("/tasks", headers=ns_headers)).json()["tasks"] == []
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
 
     @pytest.mark.parametrize(
         "content, status",
@@ -467,12 +363,14 @@ class TestKill:
         # init has no SIGTERM handler (so ignores it) and waits for its child: only a
         # SIGTERM that reaches the child ends the task, with init's own status 3.
         await run(api, ns_headers, "web", ["sh", "-c", "sleep 30 & wait $!; exit 3"])
-        deadline = time.monotonic() + 5
-        while len((await api.get("/tasks/web/pids", headers=ns_headers)).json()["pids"]) < 2:
-            assert time.monotonic() < deadline, "the child never started"
-            await asyncio.sleep(0.02)
+
+        async def child_started() -> bool:
+            return len((await api.get("/tasks/web/pids", headers=ns_headers)).json()["pids"]) >= 2
+
+        await wait_for(child_started, "the child has started", 5)
         init_only = await api.post("/tasks/web/kill", json={"signal": "TERM"}, headers=ns_headers)
         assert init_only.status_code == 204, init_only.text
+        # A negative (the task must not end) has nothing to wait for: a grace period.
         await asyncio.sleep(0.3)
         assert (await api.get("/tasks/web", headers=ns_headers)).json()["status"] == "running"
         everyone = await api.post("/tasks/web/kill", json={"signal": "TERM", "all": True}, headers=ns_headers)
@@ -553,7 +451,7 @@ class TestPause:
         deleted = await api.delete("/tasks/web", headers=ns_headers)
         assert deleted.status_code == 200, deleted.text
         assert deleted.json()["exit_status"] == SIGKILL_STATUS
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
 
 
 class TestPids:
@@ -658,9 +556,9 @@ class TestWait:
         problem(await api.get("/tasks/web", headers=ns_headers), 404)
         assert (await api.get("/containers/web", headers=ns_headers)).status_code == 200
         assert await wait_exit(api, ns_headers, "web") == exit_
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
 
-        events = await eventually_topics(api, namespace, "/tasks/delete")
+        events = await topics(api, namespace)  # final: `gone` above waited for /tasks/delete
         assert events == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
         payloads = {e["topic"]: e["event"] for e in await task_events(api, namespace)}
         assert payloads["/tasks/create"] == {"container_id": "web", "pid": task["pid"]}
@@ -671,7 +569,7 @@ class TestWait:
     async def test_concurrent_waiters_agree(self, api: httpx.AsyncClient, ns_headers: dict[str, str]) -> None:
         await run(api, ns_headers, "web")
         waiters = [asyncio.create_task(api.post("/tasks/web/wait", headers=ns_headers)) for _ in range(5)]
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a negative (no answer yet) has nothing to wait for: a grace period
         assert not any(w.done() for w in waiters)  # long-polling, all of them
         await api.post("/tasks/web/kill", json={"signal": "SIGTERM"}, headers=ns_headers)
         answers = await asyncio.wait_for(asyncio.gather(*waiters), 5)
@@ -704,7 +602,7 @@ class TestDelete:
         assert exit_["exit_status"] == SIGKILL_STATUS and exit_["pid"] == task["pid"]
         # The teardown is done when DELETE answers.
         assert (await api.get("/tasks", headers=ns_headers)).json()["tasks"] == []
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
         assert not cgroup("memory", namespace, "web").exists()
         assert await wait_exit(api, ns_headers, "web") == exit_
         assert (await topics(api, namespace))[-2:] == ["/tasks/exit", "/tasks/delete"]
@@ -718,7 +616,7 @@ class TestDelete:
         deleted = await api.delete("/tasks/web", headers=ns_headers)
         assert deleted.status_code == 200, deleted.text
         assert deleted.json()["exit_status"] == SIGKILL_STATUS
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
 
     async def test_container_delete_waits_for_its_task(
         self, api: httpx.AsyncClient, runtime_settings: Settings, namespace: str, ns_headers: dict[str, str]
@@ -730,7 +628,7 @@ class TestDelete:
         assert (await api.delete("/tasks/web", headers=ns_headers)).status_code == 200
         assert (await api.delete("/containers/web", headers=ns_headers)).status_code == 204
         problem(await api.get("/containers/web", headers=ns_headers), 404)
-        assert left_behind(runtime_settings, namespace) == {}
+        assert leftovers(runtime_settings) == {}
 
     async def test_namespaces_are_separate(
         self, api: httpx.AsyncClient, namespace: str, ns_headers: dict[str, str]

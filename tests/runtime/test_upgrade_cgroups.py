@@ -14,7 +14,7 @@ from app.runtime.cgroups import hierarchies
 from tests.conftest import running_server, uds_client, wait_for
 from tests.runtime.conftest import import_busybox, make_container
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.runtime]
 
 
 def legacy_cgroup(parent: str, namespace: str, task_id: str) -> str:
@@ -50,7 +50,7 @@ async def test_a_task_in_an_earlier_layout_is_adopted_and_its_cgroup_removed(
         assert metrics.json()["pids_current"] >= 1, metrics.text
         deleted = await client.delete("/tasks/old", headers=ns_headers)
         assert deleted.status_code == 200, deleted.text
-        await wait_for(lambda: not cgroup_dirs(old), within=10)
+        await wait_for(lambda: not cgroup_dirs(old), "the old cgroups are removed", within=10)
         # The namespace's dir of the earlier layout went with its last task.
         assert not cgroup_dirs(f"/cargohold/{namespace}")
         assert (await client.delete("/containers/old", headers=ns_headers)).status_code == 204

@@ -1,7 +1,8 @@
-"""ContainerStore.list_json: the list body SQLite joins from the stored documents must be
-the bytes FastAPI writes for `ContainerList` built through pydantic, for every shape of
-container, also for rows written before containers were stored as documents (schema 3);
-and narrowing a filtered list in SQL must never change which containers it holds."""
+"""ContainerStore.list_documents: the list body the API joins from the stored documents
+must be the bytes FastAPI writes for `ContainerList` built through pydantic, for every
+shape of container, also for rows written before containers were stored as documents
+(schema 3); and narrowing a filtered list in SQL must never change which containers it
+holds."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from app import filters
+from app.api.containers import list_body
 from app.containers import container_field
 from app.errors import CargoholdError, ErrorKind
 from app.models import MAX_PAGE_LIMIT, ContainerFields, ContainerList, PageRequest, SnapshotKind
@@ -42,10 +44,11 @@ def fields(**members: Any) -> ContainerFields:
 
 
 async def listed(store: ContainerStore, *args: Any) -> bytes:
-    """The body `list_json` gives (its cursor, None here, is in the body too)."""
-    body, cursor = await store.list_json(*args)
-    assert cursor is None
-    return body
+    """The body `GET /containers` makes of the page `list_documents` gives (its cursor,
+    None here, is in the body too)."""
+    found = await store.list_documents(*args)
+    assert found.next_cursor is None
+    return list_body(found)
 
 
 async def pydantic_body(store: ContainerStore, ids: Sequence[str]) -> bytes:

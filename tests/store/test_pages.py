@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from app.models import ContainerFields, PageRequest
+from app.models import ContainerFields, Page, PageRequest
+from app.pages import cut
 from app.store.containers import ContainerStore
 from app.store.db import Database
 from app.store.namespaces import NamespaceStore
@@ -35,10 +36,9 @@ async def read_all(store: ContainerStore, page: PageRequest, select: Any = None)
     pages: list[list[str]] = []
     after = ""
     while True:
-        body, cursor = await store.list_json(NS, select, ((),), PageRequest(page.limit, after, page.max_bytes))
-        document = json.loads(body)
-        assert document["next_cursor"] == cursor
-        pages.append([container["id"] for container in document["containers"]])
+        found = await store.list_documents(NS, select, ((),), PageRequest(page.limit, after, page.max_bytes))
+        cursor = found.next_cursor
+        pages.append([json.loads(document)["id"] for document in found.items])
         if cursor is None:
             return pages
         assert cursor == pages[-1][-1]
@@ -58,10 +58,10 @@ async def test_pages_by_count_with_and_without_a_filter(db: Database) -> None:
         odd[:5], odd[5:10], odd[10:],
     ]
     # After the last id, or after an id that is not there: the rest, from the next one up.
-    body, cursor = await store.list_json(NS, page=PageRequest(limit=10, after="c24"))
-    assert body == b'{"containers":[],"next_cursor":null}' and cursor is None
-    body, _ = await store.list_json(NS, page=PageRequest(limit=2, after="c05a"))
-    assert [c["id"] for c in json.loads(body)["containers"]] == ["c06", "c07"]
+    found = await store.list_documents(NS, page=PageRequest(limit=10, after="c24"))
+    assert found == Page([], None)
+    found = await store.list_documents(NS, page=PageRequest(limit=2, after="c05a"))
+    assert [json.loads(document)["id"] for document in found.items] == ["c06", "c07"]
 
 
 async def test_one_mib_specs_page_under_sqlites_length_limit(db: Database) -> None:
@@ -100,3 +100,34 @@ async def test_namespaces_page_by_name_and_bytes(db: Database) -> None:
     # ns3's labels fill a 1,000-byte page alone.
     page = await store.list_all(PageRequest(limit=10, after="ns2", max_bytes=1000))
     assert [ns.name for ns in page.items] == ["ns3"] and page.next_cursor == "ns3"
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["all", "filtered"])
+async def test_every_byte_bound_cuts_as_pages_cut_says(db: Database, filtered: bool) -> None:
+    """The page as `pages.cut` makes it from the documents' sizes, at every bound around
+    them, whichever statement reads it: the one-statement page (its documents' sum within
+    the bound) or the sizes-then-documents one (over it); and always in id order."""
+    store = ContainerStore(db, "overlayfs")
+    ids = [f"c{n:02d}" for n in range(12)]
+    for n, container_id in enumerate(reversed(ids)):
+        await store.create(NS, container_id, fields(labels={"pad": "é" * (n * 37 % 200)}))
+    everything = await store.list_documents(NS, page=PageRequest(limit=100))
+    assert [json.loads(document)["id"] for document in everything.items] == ids
+    sizes = [(container_id, len(document)) for container_id, document in zip(ids, everything.items, strict=True)]
+    select = (lambda head: True) if filtered else None
+    total = sum(size for _, size in sizes)
+    bounds = {1, total - 1, total, total + 1, *(size + delta for _, size in sizes for delta in (-1, 0, 1))}
+    for limit in (3, 11, 12, 13):
+        for max_bytes in sorted(bounds):
+            request = PageRequest(limit=limit, max_bytes=max_bytes)
+            expected, after = [], ""
+            while True:
+                rest = [row for row in sizes if row[0] > after][: limit + 1]
+                kept = cut(rest, request, key=lambda row: row[0], size=lambda row: row[1])
+                expected.append([container_id for container_id, _ in kept.items])
+                if kept.next_cursor is None:
+                    break
+                after = kept.next_cursor
+            assert await read_all(store, request, select) == expected, (limit, max_bytes)
+            first = await store.list_documents(NS, select, ((),), request)
+            assert first.items == everything.items[: len(expected[0])], "the documents themselves, in id order"

@@ -18,6 +18,10 @@ from app.store.events import EventStore
 pytestmark = pytest.mark.anyio
 
 INSERT_NAMESPACE = "INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES (?, '{}', '', '')"
+# A write that waited for the lock on the loop would stall it for up to the busy timeout
+# (BUSY_TIMEOUT_MS, 5 s); a turning loop's 10 ms sleep takes nowhere near this, even on a
+# loaded machine.
+STALL_SECONDS = 1.0
 
 
 async def add_namespace(db: Database, name: str) -> None:
@@ -37,11 +41,14 @@ async def test_a_database_locked_by_another_process_is_waited_for_off_the_loop(t
     try:
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         writing = asyncio.create_task(add_namespace(db, "late"))
-        ticks = 0
-        for _ in range(20):  # the loop keeps turning while the write waits
+        loop = asyncio.get_running_loop()
+        longest = 0.0
+        for _ in range(20):  # the loop keeps turning while the write waits: no tick takes long
+            before = loop.time()
             await asyncio.sleep(0.01)
-            ticks += 1
-        assert not writing.done() and ticks == 20
+            longest = max(longest, loop.time() - before)
+        assert longest < STALL_SECONDS, f"the loop stalled {longest:.2f} s while the write waited for the lock"
+        assert not writing.done(), "the write did not wait for the lock"
         other.execute("COMMIT")
         await asyncio.wait_for(writing, 5)
         assert await namespaces(db) == ["late"]

@@ -2,29 +2,9 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+from tests.imports import APP, imports_of
 
-APP = Path(__file__).resolve().parents[2] / "app"
 SERVICES = {"containers", "namespaces", "events", "daemon", "snapshots", "runtime", "monitor", "policy", "images"}
-
-
-def imports_of(path: Path) -> set[str]:
-    """Absolute names of every module `path` imports (relative imports resolved)."""
-    package = ["app", *path.relative_to(APP).parent.parts]
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - node.level + 1]
-                module = ".".join([*base, node.module] if node.module else base)
-            else:
-                module = node.module or ""
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
 
 
 def modules() -> dict[str, set[str]]:
@@ -72,3 +52,11 @@ def test_the_container_service_never_calls_the_task_service() -> None:
     """TaskService reads containers; a call back would make a loop (logs have one owner,
     `runtime.logs.TaskLogs`, which both use)."""
     assert not any(n.startswith("app.runtime.tasks") for n in imports_of(APP / "containers.py"))
+
+
+def test_one_way_to_each_resource() -> None:
+    """File I/O runs in threads through `asyncio.to_thread` (aiofiles is not a second way),
+    and one parser reads /proc/self/mountinfo (app/mountinfo.py, escapes decoded)."""
+    assert offenders(set(), "aiofiles") == []
+    readers = sorted(str(p.relative_to(APP)) for p in APP.rglob("*.py") if "/proc/self/mountinfo" in p.read_text())
+    assert readers == ["mountinfo.py"]
