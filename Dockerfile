@@ -29,11 +29,13 @@ FROM ${PYTHON_IMAGE}
 
 # runc/crun: OCI runtimes; conmon: per-task shim; busybox-static: the test rootfs;
 # golang-github-containers-common: the default seccomp profile (a JSON file);
+# containernetworking-plugins, iptables, iproute2: networks (CNI bridge, portmap);
 # tini: PID 1 that reaps the conmon processes that daemonize and get reparented
 # to it (a zombie conmon would otherwise look alive to the daemon).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        runc crun conmon busybox-static golang-github-containers-common tini \
+        runc crun conmon busybox-static golang-github-containers-common \
+        containernetworking-plugins iptables iproute2 tini \
     && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /opt/venv /opt/venv

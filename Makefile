@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint openapi system-packages test-packages bench bench-peers clean
 
 # The runtime's Debian packages (runc, crun, conmon; busybox-static for the test rootfs;
-# golang-github-containers-common for the default seccomp profile, a file, not a binary).
-RUNTIME_BINARIES := runc crun conmon busybox
-RUNTIME_FILES := /usr/share/containers/seccomp.json
-RUNTIME_PACKAGES := runc crun conmon busybox-static golang-github-containers-common
+# golang-github-containers-common for the default seccomp profile, a file, not a binary;
+# containernetworking-plugins, files in /usr/lib/cni, iptables and iproute2 for networks).
+RUNTIME_BINARIES := runc crun conmon busybox iptables iptables-save ip
+RUNTIME_FILES := /usr/share/containers/seccomp.json /usr/lib/cni/bridge /usr/lib/cni/host-local \
+  /usr/lib/cni/portmap /usr/lib/cni/loopback
+RUNTIME_PACKAGES := runc crun conmon busybox-static golang-github-containers-common containernetworking-plugins \
+  iptables iproute2
 
 $(STAMP): requirements.lock requirements-test.lock pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \

@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
         "--seccomp-profile", type=Path, metavar="FILE",
         help="default seccomp profile in Docker's format (default: /usr/share/containers/seccomp.json)",
     )
+    serve.add_argument("--default-subnet", default=Settings.default_subnet, metavar="CIDR",
+                       help="the default network's subnet, when it is first made (default %(default)s)")
+    serve.add_argument("--cni-path", type=Path, action="append", metavar="DIR",
+                       help="a directory of CNI plugins; repeatable (default: /usr/lib/cni)")
     _limit_flags(serve)
     serve.add_argument("--monitor-interval", type=float, default=1.0, metavar="SECONDS",
                        help="how often the monitor reads every task's cgroup")
@@ -117,6 +121,11 @@ _LIMITS: tuple[tuple[str, str, type, str], ...] = (
     ("--log-line-max-size", "log_line_max_bytes", int, "longest log line served; longer ones come in parts"),
     ("--max-streams-per-client", "max_streams_per_client", int, "event streams and log follows per client (429)"),
     ("--import-archive-max-members", "import_archive_max_members", int, "members of an image archive (413 above)"),
+    ("--attach-client-buffer", "attach_client_buffer_bytes", int,
+     "output bytes waiting for one attached client before the process's output waits for it"),
+    ("--attach-stall-timeout", "attach_stall_seconds", float,
+     "seconds an attached client may leave its output unread with its buffer full before it is disconnected"),
+    ("--attach-max-message-size", "attach_max_message_bytes", int, "largest message an attached client may send"),
 )
 
 
@@ -165,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         allowed_bind_roots=tuple(path.resolve() for path in args.allow_bind),
         allow_privileged=args.allow_privileged,
         seccomp_profile=args.seccomp_profile,
+        default_subnet=args.default_subnet,
+        cni_path=tuple(args.cni_path or Settings.cni_path),
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

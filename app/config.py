@@ -131,7 +131,20 @@ class Settings:
     # Streams (GET /events, log follows) one client may hold open at once; past it, 429.
     # TCP clients are keyed by address, unix-socket callers by uid (SO_PEERCRED).
     max_streams_per_client: int = 32
-    # TODO(#12): attach sessions, once they exist, count against max_streams_per_client.
+    # Output bytes waiting for one attached client (issue 16); while they do, the process's
+    # output waits (as a terminal's would) ...
+    attach_client_buffer_bytes: int = 1024 * 1024
+    # ... for at most this many seconds without the client reading: then it is
+    # disconnected (close code 1008) and the process, other clients and the log go on.
+    attach_stall_seconds: float = 5.0
+    # The largest message an attached client may send (stdin data, a resize); past it,
+    # the session ends with a status message and close code 1009.
+    attach_max_message_bytes: int = 1024 * 1024
+    # The default network's subnet (issue 15), used when the network `cargohold` is first made.
+    # 10.213.0.0/16: not Docker's (172.17/16), Podman's (10.88/16) or a common LAN range.
+    default_subnet: str = "10.213.0.0/16"
+    # Where CNI plugins are looked up, in order (the CNI_PATH given to them).
+    cni_path: tuple[Path, ...] = (Path("/usr/lib/cni"),)
 
     @property
     def database_path(self) -> Path:

@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from . import __version__
+from .attach.hub import Attachments
+from .attach.service import AttachService
 from .config import Settings
 from .containers import ContainerService
 from .content import ContentStore
 from .content.service import ContentService
+from .errors import CargoholdError
 from .events import EventBus, EventService
 from .gc import Leases
 from .gc.collector import Collector
@@ -29,7 +32,9 @@ from .models import Event, VersionInfo
 from .monitor.cgroup_stats import detect_mode
 from .monitor.monitor import Monitor
 from .namespaces import NamespaceService
-from .ondisk import secure_layout
+from .network.service import NetworkService
+from .network.step import NetworkStep
+from .ondisk import StartupError, secure_layout
 from .policy import SpecPolicy, load_seccomp
 from .runtime.conmon import Conmon
 from .runtime.logs import TaskLogs
@@ -44,6 +49,7 @@ from .store.events import EventStore
 from .store.gc import GcStore
 from .store.images import ImageStore
 from .store.namespaces import NamespaceStore
+from .store.networks import NetworkStore
 from .store.snapshots import SnapshotStore
 from .store.tasks import TaskStore
 
@@ -66,6 +72,8 @@ class Daemon:
     monitor: Monitor
     events: EventService
     version: VersionInfo
+    networks: NetworkService
+    attach: AttachService
 
 
 @asynccontextmanager
@@ -113,6 +121,11 @@ async def open_daemon(
             NamespaceStore(db), settings.allow_privileged, settings.allowed_bind_roots, seccomp, seccomp_missing
         )
         logs = TaskLogs(settings.root / "logs")  # written by tasks, forgotten with containers
+        networks = NetworkService(NetworkStore(db), settings.state, settings.cni_path, settings.default_subnet)
+        try:
+            await networks.ensure_default()
+        except CargoholdError as error:
+            raise StartupError(f"the default network: {error.detail} (see --default-subnet)") from error
         tasks = TaskService(
             TaskStore(db, settings.exit_retention, timedelta(seconds=settings.exit_max_age_seconds)),
             container_store,
@@ -124,10 +137,15 @@ async def open_daemon(
             missing=missing,
             policy=policy,
             monitor=monitor,
+            extra_steps=[NetworkStep(networks)],
+            teardown=[networks.release],
         )
         # Tasks first: their rootfs mounts live under the snapshots' data dirs.
         await tasks.recover()
         stack.push_async_callback(tasks.close)
+        attachments = Attachments(settings.attach_client_buffer_bytes, settings.attach_stall_seconds)
+        stack.push_async_callback(attachments.close)  # before tasks.close: the processes keep running
+        await networks.remove_unowned()  # after recovery: what a crash left with no task
         await snapshots.remove_orphans()
         await collector.collect()  # what a crash interrupted (a pull, an unpack) is reclaimed now
         yield Daemon(
@@ -148,6 +166,8 @@ async def open_daemon(
                 cgroup_mode=mode.value,
                 snapshotter=default_snapshotter,
             ),
+            networks=networks,
+            attach=AttachService(tasks, attachments),
         )
 
 

@@ -16,6 +16,7 @@ from enum import StrEnum
 class ErrorKind(StrEnum):
     INVALID_ARGUMENT = "invalid-argument"
     UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission-denied"  # e.g. a WebSocket from another origin (403)
     NOT_FOUND = "not-found"
     ALREADY_EXISTS = "already-exists"
     CONFLICT = "conflict"

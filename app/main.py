@@ -21,13 +21,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from . import __version__
-from .api import containers, content, events, images, namespaces, snapshots, system, tasks
+from .api import attach, containers, content, events, images, namespaces, networks, snapshots, system, tasks
 from .api.middleware import BodyLimitMiddleware, EncodedSlashMiddleware, TokenAuthMiddleware
 from .api.problems import add_problem_handlers, document_problems
 from .config import Settings
 from .daemon import open_daemon
 from .metrics import DaemonMetrics
 from .monitor.collector import ContainerCollector
+from .network.collector import NetworkCollector
 from .ondisk import PRIVATE_FILE, PUBLIC_DIR, StartupError, ensure_dir, ensure_file
 
 log = logging.getLogger(__name__)
@@ -42,18 +43,22 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = DaemonMetrics(registry)
     containers_collector = ContainerCollector()
     registry.register(containers_collector)
+    network_collector = NetworkCollector()
+    registry.register(network_collector)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with open_daemon(settings, on_event=metrics.count_event, observe_poll=metrics.observe_poll) as daemon:
             metrics.count_subscribers_with(lambda: daemon.bus.subscriber_count)
             containers_collector.monitor = daemon.monitor
+            network_collector.networks = daemon.networks
             # Called by the server as soon as a stop is asked for (see cli._Server).
             app.state.stop_waiting = daemon.tasks.stop_waiting
             try:
                 yield {"daemon": daemon}
             finally:
                 containers_collector.monitor = None
+                network_collector.networks = None
                 app.state.stop_waiting = None
 
     app = FastAPI(
@@ -67,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = registry
     app.state.metrics = metrics
     add_problem_handlers(app)
-    for module in (containers, namespaces, snapshots, images, content, tasks, events, system):
+    for module in (containers, namespaces, snapshots, images, content, tasks, attach, events, system, networks):
         app.include_router(module.router)
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(EncodedSlashMiddleware)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from ipaddress import IPv4Address
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -103,6 +104,42 @@ class Runtime(_Input):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class PortProtocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class PortMapping(_Input):
+    """A published port: `host_ip:host_port` on the host forwards to `container_port`."""
+
+    host_port: int = Field(ge=1, le=65535)
+    container_port: int = Field(ge=1, le=65535)
+    protocol: PortProtocol = PortProtocol.TCP
+    host_ip: IPv4Address | None = Field(default=None, description="default: every host address")
+
+
+class ContainerNetwork(_Input):
+    """The network a container's tasks join (DESIGN "Networks"); null: today's behaviour."""
+
+    name: Identifier
+    ports: list[PortMapping] = Field(default_factory=list, max_length=1024)
+    hostname: str | None = Field(
+        default=None, max_length=63, pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$",
+        description="default: the spec's hostname, else the container's id",
+    )
+
+    @field_validator("ports")
+    @classmethod
+    def _one_mapping_per_host_port(cls, ports: list[PortMapping]) -> list[PortMapping]:
+        seen: set[tuple[int, str]] = set()
+        for port in ports:
+            key = (port.host_port, port.protocol.value)
+            if key in seen:
+                raise ValueError(f"host_port {port.host_port}/{port.protocol.value} is given twice")
+            seen.add(key)
+        return ports
+
+
 class _ContainerMembers(_Input):
     labels: Labels = Field(default_factory=dict)
     image: str = ""
@@ -110,6 +147,7 @@ class _ContainerMembers(_Input):
     snapshotter: str | None = Field(default=None, description="default: the daemon's snapshotter")
     snapshot_key: str = Field(default="", description="the root filesystem snapshot; empty: none")
     extensions: dict[str, Any] = Field(default_factory=dict)
+    network: ContainerNetwork | None = Field(default=None, description="the network its tasks join; null: none")
 
 
 class ContainerFields(_ContainerMembers):
@@ -155,6 +193,8 @@ class Container(BaseModel):
     snapshotter: str
     snapshot_key: str
     extensions: dict[str, Any]
+    # Absent when null: the documents (and ETags) of containers without one are as before networks.
+    network: ContainerNetwork | None = Field(default=None, exclude_if=lambda value: value is None)
     created_at: datetime
     updated_at: datetime
 
@@ -391,8 +431,11 @@ class TaskStatus(StrEnum):
 
 class TaskCreate(_Input):
     container_id: Identifier
-    stdin: bool = Field(default=False, description="not supported yet: must be false")
-    terminal: bool = Field(default=False, description="not supported yet: must be false")
+    stdin: bool = Field(default=False, description="keep the process's stdin open for attach (conmon -i)")
+    terminal: bool = Field(
+        default=False,
+        description="run the process on a pseudo-terminal (conmon -t); also set by the spec's process.terminal",
+    )
 
 
 class Process(BaseModel):
@@ -400,6 +443,16 @@ class Process(BaseModel):
     pid: int | None = Field(description="null until the exec process is started")
     status: str = Field(description="created or running")
     created_at: datetime
+
+
+class TaskNetwork(BaseModel):
+    """What the network's CNI chain gave the task."""
+
+    network: str
+    ip: str
+    gateway: str | None
+    mac: str | None
+    ports: list[PortMapping]
 
 
 class Task(BaseModel):
@@ -411,6 +464,7 @@ class Task(BaseModel):
     created_at: datetime
     started_at: datetime | None
     processes: list[Process]
+    network: TaskNetwork | None = Field(default=None, description="set when the container joins a network")
 
 
 class TaskList(BaseModel):
@@ -437,9 +491,17 @@ class KillRequest(_Input):
     all: bool = Field(default=False, description="signal every process of the task, not only init")
 
 
+class ResizeRequest(_Input):
+    """A terminal's new size, in character cells (conmon takes at most 1000 either way)."""
+
+    width: int = Field(ge=1, le=1000)
+    height: int = Field(ge=1, le=1000)
+
+
 class ExecCreate(_Input):
     exec_id: Identifier
-    process: OCIProcess
+    process: OCIProcess = Field(description="process.terminal runs it on a pseudo-terminal")
+    stdin: bool = Field(default=False, description="keep the process's stdin open for attach (conmon -i)")
 
 
 class LinuxMemory(_OCIPart):
@@ -499,6 +561,12 @@ class TaskMetrics(BaseModel):
     pids_current: int | None
     pids_limit: int | None = Field(description="null: unlimited")
     blkio_bytes: dict[str, int] = Field(description='bytes by op: "read", "write"')
+    network_receive_bytes: dict[str, int] = Field(
+        default_factory=dict, description="bytes received, by interface (a task on a network: eth0)"
+    )
+    network_transmit_bytes: dict[str, int] = Field(
+        default_factory=dict, description="bytes transmitted, by interface (a task on a network: eth0)"
+    )
 
 
 class LogLine(BaseModel):
@@ -570,3 +638,28 @@ class Problem(BaseModel):
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="for validation problems: each field at fault"
     )
+
+
+# --- Networks ----------------------------------------------------------------------
+
+
+class NetworkCreate(_Input):
+    name: Identifier
+    subnet: str = Field(description="an IPv4 network in CIDR form, e.g. 10.213.7.0/24 (/8 to /30)")
+    bridge: str | None = Field(default=None, min_length=1, max_length=15, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                               description="the Linux bridge's name; default: ch- and a hash of the name")
+    labels: Labels = Field(default_factory=dict)
+
+
+class Network(BaseModel):
+    name: str
+    driver: Literal["bridge"] = "bridge"
+    bridge: str
+    subnet: str
+    gateway: str
+    labels: dict[str, str]
+    created_at: datetime
+
+
+class NetworkList(BaseModel):
+    networks: list[Network]

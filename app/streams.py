@@ -1,5 +1,5 @@
-"""Per-client budgets of long-lived streams: event subscriptions and log follows (and,
-once they exist, attach sessions).
+"""Per-client budgets of long-lived streams: event subscriptions, log follows and attach
+sessions.
 
 A stream holds a connection, a subscription queue or a file reader for as long as the
 client likes, so each client may hold at most `max_per_client` at once; one more is
@@ -27,8 +27,9 @@ class ClientStreams:
         if self._open[client] >= self._max:
             raise CargoholdError(
                 ErrorKind.RESOURCE_EXHAUSTED,
-                f"this client ({client}) already holds {self._max} open streams (event streams and "
-                f"log follows), the daemon's --max-streams-per-client; close one before opening {what}",
+                f"this client ({client}) already holds {self._max} open streams (event streams, "
+                f"log follows, attach sessions), the daemon's --max-streams-per-client; "
+                f"close one before opening {what}",
             )
         self._open[client] += 1
         released = False

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Header, Request, Response
 
 from ..containers import etag_of
 from ..models import Container, ContainerCreate, ContainerList, Page
-from .deps import ContainerFilters, ContainerId, Containers, NamespaceHeader, PageQuery, link_next_page
+from .deps import ContainerFilters, ContainerId, Containers, NamespaceHeader, Networks, PageQuery, link_next_page
 from .problems import problems
 
 router = APIRouter(prefix="/containers", tags=["containers"])
@@ -18,14 +18,17 @@ router = APIRouter(prefix="/containers", tags=["containers"])
     "",
     status_code=201,
     summary="Create a container",
-    responses=problems(400, 409, 413, 422),
+    responses=problems(400, 404, 409, 413, 422),
 )
 async def create_container(
     body: ContainerCreate,
     namespace: NamespaceHeader,
     containers: Containers,
+    networks: Networks,
     response: Response,
 ) -> Container:
+    if body.network is not None:
+        await networks.check(body.network)  # 404 naming an unknown network, before anything is made
     created = await containers.create(namespace, body)
     response.headers["Location"] = f"/containers/{created.id}"
     response.headers["ETag"] = etag_of(created)

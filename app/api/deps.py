@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query, Request, Response
+from starlette.requests import HTTPConnection
 
 from ..containers import ContainerService
 from ..content.digests import validate_digest
@@ -18,6 +19,7 @@ from ..identifiers import IDENTIFIER_PATTERN, validate_identifier
 from ..images.service import ImageService
 from ..models import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, PageRequest
 from ..namespaces import NamespaceService
+from ..network.service import NetworkService
 from ..runtime.tasks import TaskService
 from ..serving import PEER_UID_KEY
 from ..snapshots.service import SnapshotService
@@ -61,16 +63,25 @@ async def get_tasks(daemon: DaemonDep) -> TaskService:
     return daemon.tasks
 
 
+async def get_networks(daemon: DaemonDep) -> NetworkService:
+    return daemon.networks
+
+
 async def get_streams(request: Request, daemon: DaemonDep) -> ClientStreams:
+    return streams_of(request, daemon)
+
+
+def streams_of(connection: HTTPConnection, daemon: Daemon) -> ClientStreams:
+    """The app's count of streams per client (requests' and WebSockets' alike)."""
     # One count per app, made on first use (the app outlives a lifespan in tests).
-    streams: ClientStreams | None = getattr(request.app.state, "client_streams", None)
+    streams: ClientStreams | None = getattr(connection.app.state, "client_streams", None)
     if streams is None:
         streams = ClientStreams(daemon.settings.max_streams_per_client)
-        request.app.state.client_streams = streams
+        connection.app.state.client_streams = streams
     return streams
 
 
-def client_key(request: Request) -> str:
+def client_key(request: HTTPConnection) -> str:
     """Whose streams a request counts against: TCP clients by address; unix-socket callers
     by uid where the server gives it (app/serving.py), else all as one ("unix socket")."""
     if came_over_unix(request.scope) or request.client is None:
@@ -85,6 +96,7 @@ Namespaces = Annotated[NamespaceService, Depends(get_namespaces)]
 Events = Annotated[EventService, Depends(get_events)]
 Snapshots = Annotated[SnapshotService, Depends(get_snapshots)]
 Tasks = Annotated[TaskService, Depends(get_tasks)]
+Networks = Annotated[NetworkService, Depends(get_networks)]
 Images = Annotated[ImageService, Depends(get_images)]
 Content = Annotated[ContentService, Depends(get_content)]
 

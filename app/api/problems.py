@@ -32,6 +32,7 @@ SECURITY_SCHEME = "bearer"
 STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID_ARGUMENT: 400,
     ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.PERMISSION_DENIED: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.ALREADY_EXISTS: 409,
     ErrorKind.CONFLICT: 409,
@@ -45,6 +46,7 @@ STATUS: dict[ErrorKind, int] = {
 _DESCRIPTIONS = {
     400: "Bad input: malformed JSON, an invalid identifier, filter or header",
     401: "No or wrong bearer token",
+    403: "Refused: a WebSocket from a browser page of another origin",
     404: "No such object (or namespace)",
     409: "Conflict: it exists already, is in use, or is in the wrong state",
     412: "If-Match did not match the current ETag",

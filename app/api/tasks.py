@@ -33,6 +33,7 @@ from .deps import (
     DaemonDep,
     ExecId,
     NamespaceHeader,
+    Networks,
     PageQuery,
     Streams,
     Tasks,
@@ -59,9 +60,12 @@ LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post(
     "", status_code=201, summary="Create a task for a container", responses=problems(400, 404, 409, 413, 422, 503)
 )
-async def create_task(body: TaskCreate, namespace: NamespaceHeader, tasks: Tasks, response: Response) -> Task:
+async def create_task(
+    body: TaskCreate, namespace: NamespaceHeader, tasks: Tasks, networks: Networks, response: Response
+) -> Task:
     task = await tasks.create(namespace, body)
     response.headers["Location"] = f"/tasks/{task.id}"
+    task.network = await networks.task_network(namespace, task.id)
     return task
 
 
@@ -83,8 +87,10 @@ async def list_tasks(
 
 
 @router.get("/{container_id}", summary="Get a task", responses=problems(*TASK_PROBLEMS))
-async def get_task(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks) -> Task:
-    return await tasks.get(namespace, container_id)
+async def get_task(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks, networks: Networks) -> Task:
+    task = await tasks.get(namespace, container_id)
+    task.network = await networks.task_network(namespace, container_id)
+    return task
 
 
 @router.post("/{container_id}/start", summary="Start a created task", responses=problems(*TASK_PROBLEMS))
@@ -127,8 +133,12 @@ async def update_task(container_id: ContainerId, body: TaskPatch, namespace: Nam
 @router.get(
     "/{container_id}/metrics", summary="The monitor's latest cgroup figures for a task", responses=problems(400, 404)
 )
-async def get_task_metrics(container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks) -> TaskMetrics:
-    return await tasks.metrics(namespace, container_id)
+async def get_task_metrics(
+    container_id: ContainerId, namespace: NamespaceHeader, tasks: Tasks, networks: Networks
+) -> TaskMetrics:
+    metrics = await tasks.metrics(namespace, container_id)
+    metrics.network_receive_bytes, metrics.network_transmit_bytes = networks.task_counters(namespace, container_id)
+    return metrics
 
 
 @router.post(

@@ -26,8 +26,6 @@ def task_config(spec: dict[str, Any], rootfs: Path, cgroups_path: str) -> dict[s
     process = config.get("process")
     if not process:
         raise CargoholdError(ErrorKind.VALIDATION, "the container's spec has no process; a task needs spec.process")
-    if process.get("terminal"):
-        raise CargoholdError(ErrorKind.VALIDATION, "spec.process.terminal is not supported yet; set it to false")
     config["root"] = {**config.get("root", {}), "path": str(rootfs)}
     linux = config.setdefault("linux", {})
     linux["cgroupsPath"] = cgroups_path

@@ -8,6 +8,12 @@ end of a pipe in `_OCI_SYNCPIPE` and read one JSON line: `{"data": pid}` once cr
 or `{"data": -1, "message": "..."}` with the runtime's error. Its exit is watched
 through a pidfd on the conmon process (readable when it exits), which works as well for
 a conmon started by an earlier daemon.
+
+Every conmon binds an attach socket and a control fifo in its bundle dir (see
+`layout.ProcessFiles.attach_dir`); a process with stdin gets `-i`, one on a terminal
+`-t` (conmon hands the runtime a console socket and keeps the terminal). With both,
+`--leave-stdin-open`: the terminal is conmon's only handle on the pty, which closing
+stdin when an attached client goes would lose for every later attach.
 """
 
 from __future__ import annotations
@@ -29,6 +35,32 @@ SYNC_TIMEOUT_SECONDS = 60
 
 
 @dataclass(frozen=True)
+class Stdio:
+    """What a process's stdio is: stdin kept open for attach, a pseudo-terminal."""
+
+    stdin: bool = False
+    terminal: bool = False
+
+
+NO_STDIO = Stdio()
+
+
+def write_stdio(files: ProcessFiles, stdio: Stdio) -> None:
+    """Record `stdio` beside the process's files: attach reads it, also after a restart."""
+    files.work_dir.mkdir(parents=True, exist_ok=True)
+    files.stdio_file.write_text(json.dumps({"stdin": stdio.stdin, "terminal": stdio.terminal}))
+
+
+def read_stdio(files: ProcessFiles) -> Stdio:
+    """The process's recorded stdio; none (a process from before terminals) if unrecorded."""
+    try:
+        document = json.loads(files.stdio_file.read_text())
+        return Stdio(stdin=document.get("stdin") is True, terminal=document.get("terminal") is True)
+    except (OSError, ValueError, AttributeError):
+        return NO_STDIO
+
+
+@dataclass(frozen=True)
 class Started:
     conmon_pid: int
     pid: int
@@ -39,23 +71,34 @@ class Conmon:
         self.binary = binary
         self._log_max_bytes = log_max_bytes
 
-    async def create(self, container_id: str, bundle: Path, runtime: OCIRuntime, files: ProcessFiles) -> Started:
+    async def create(
+        self, container_id: str, bundle: Path, runtime: OCIRuntime, files: ProcessFiles, stdio: Stdio = NO_STDIO
+    ) -> Started:
         """Create the container (not started). Raises VALIDATION with the runtime's message."""
         return await self._launch(
-            container_id, runtime, files, ["-b", str(bundle), "-u", container_id, "-n", container_id],
+            container_id, runtime, files, ["-b", str(bundle), "-u", container_id, "-n", container_id], stdio,
         )
 
     async def exec(
-        self, container_id: str, exec_id: str, process_spec: Path, runtime: OCIRuntime, files: ProcessFiles
+        self, container_id: str, exec_id: str, process_spec: Path, runtime: OCIRuntime, files: ProcessFiles,
+        stdio: Stdio = NO_STDIO,
     ) -> Started:
         """Start an exec process in the running container `container_id`."""
         return await self._launch(
             container_id, runtime, files,
             ["-e", "--exec-process-spec", str(process_spec), "-u", f"{container_id}-{exec_id}",
              "-n", f"{container_id}-{exec_id}", "-b", str(files.work_dir)],
+            stdio,
         )
 
-    async def _launch(self, container_id: str, runtime: OCIRuntime, files: ProcessFiles, extra: list[str]) -> Started:
+    async def _launch(
+        self, container_id: str, runtime: OCIRuntime, files: ProcessFiles, extra: list[str], stdio: Stdio
+    ) -> Started:
+        write_stdio(files, stdio)
+        if stdio.terminal:
+            extra = [*extra, "-t"]
+        if stdio.stdin:
+            extra = [*extra, "-i", *(["--leave-stdin-open"] if stdio.terminal else [])]
         files.exit_dir.mkdir(parents=True, exist_ok=True)
         files.persist_dir.mkdir(exist_ok=True)
         files.log.parent.mkdir(parents=True, exist_ok=True)

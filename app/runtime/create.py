@@ -22,7 +22,7 @@ from ..models import Container
 from ..snapshots.mounts import mount_all, unmount_and_remove, unmount_under
 from ..snapshots.service import SnapshotService
 from .bundle import runtime_id, write_config
-from .conmon import Conmon, Started
+from .conmon import NO_STDIO, Conmon, Started, Stdio
 from .exits import shielded_thread
 from .layout import TaskLayout
 from .live import LiveTasks
@@ -40,6 +40,8 @@ class CreateContext:
     # The runtime spec (config.json) as it will be written: steps before the bundle's may edit it.
     config: dict[str, Any]
     started: Started | None = None
+    # The init process's stdin and terminal (conmon's -i, -t); the spec's process.terminal agrees.
+    stdio: Stdio = NO_STDIO
     # Run once every step has succeeded and the task is recorded.
     on_success: list[Callable[[], None]] = field(default_factory=list)
 
@@ -155,7 +157,9 @@ class ShimStep:
 
         try:
             async with self._live.cgroup_lock:
-                context.started = await self._conmon.create(rid, context.layout.bundle, runtime, context.layout.init)
+                context.started = await self._conmon.create(
+                    rid, context.layout.bundle, runtime, context.layout.init, context.stdio
+                )
         except BaseException:
             await _shielded(undo)  # outside the cgroup lock, which the undo takes
             raise

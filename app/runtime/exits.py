@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,19 +32,24 @@ from .oci import OCIRuntime
 
 log = logging.getLogger(__name__)
 
+# Undoes, at a task's teardown, what a create step made outside the task dir: (namespace, task id).
+TeardownHook = Callable[[str, str], Awaitable[None]]
+
 # Exit status recorded when conmon died without writing one (it was killed itself).
 UNKNOWN_EXIT_STATUS = 255
 
 
 class Exits:
     def __init__(
-        self, store: TaskStore, runtimes: dict[str, OCIRuntime], monitor: Monitor, dirs: TaskDirs, live: LiveTasks
+        self, store: TaskStore, runtimes: dict[str, OCIRuntime], monitor: Monitor, dirs: TaskDirs, live: LiveTasks,
+        hooks: Sequence[TeardownHook] = (),
     ) -> None:
         self._store = store
         self._runtimes = runtimes
         self._monitor = monitor
         self._dirs = dirs
         self._live = live
+        self._hooks = list(hooks)
         self._handlers: set[asyncio.Task[None]] = set()
 
     def watch(self, namespace: str, task_id: str, exec_id: str, started: Started, oom_reported: int = 0) -> None:
@@ -138,6 +143,10 @@ class Exits:
             asyncio.to_thread(unmount_and_remove, layout.dir),
             *([runtime.delete(runtime_id(namespace, task_id))] if runtime is not None else []),
         )
+        # What create steps made outside the task dir (a network's netns, CNI state), once
+        # no process of the task is left; each is idempotent (recovery may run it again).
+        for hook in self._hooks:
+            await hook(namespace, task_id)
         await self._live.remove_cgroup(namespace, task_id)
 
     async def _on_oom(self, namespace: str, task_id: str, stats: CgroupStats) -> None:

@@ -4,7 +4,9 @@
 and, for the init process in the task dir itself and for each exec process in
 `execs/<exec id>/`, conmon's files: `pid` (the runtime writes the process's pid),
 `conmon.pid`, `exit/` (one file, the exit status), `persist/` (conmon's `oom` marker) and
-its attach socket. The init process logs to `<root>/logs` (see `TaskLogs`), an exec
+`stdio.json` (whether it has stdin, a terminal). conmon's attach socket `attach` and its
+control fifo `ctl` are in the dir conmon is given as its bundle (`--full-attach`): the
+bundle for the init, the exec's own dir for an exec. The init process logs to `<root>/logs` (see `TaskLogs`), an exec
 process to `log` in its own dir. Nothing here creates or removes a file.
 """
 
@@ -27,10 +29,12 @@ def read_pid(path: Path) -> int | None:
 
 @dataclass(frozen=True)
 class ProcessFiles:
-    """conmon's files for one process (a task's init or one exec): all in `work_dir`."""
+    """conmon's files for one process (a task's init or one exec): in `work_dir`, but the
+    attach socket and control fifo, in `bundle_dir` (conmon's `-b`; `work_dir` if None)."""
 
     work_dir: Path
     log: Path
+    bundle_dir: Path | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -51,6 +55,23 @@ class ProcessFiles:
     @property
     def socket_dir(self) -> Path:
         return self.work_dir
+
+    @property
+    def attach_dir(self) -> Path:
+        """Where conmon binds `attach` (a SOCK_SEQPACKET socket) and makes the `ctl` fifo."""
+        return self.bundle_dir or self.work_dir
+
+    @property
+    def attach_socket(self) -> Path:
+        return self.attach_dir / "attach"
+
+    @property
+    def ctl_fifo(self) -> Path:
+        return self.attach_dir / "ctl"
+
+    @property
+    def stdio_file(self) -> Path:
+        return self.work_dir / "stdio.json"
 
     def pid(self) -> int | None:
         return read_pid(self.pid_file)
@@ -80,7 +101,7 @@ class TaskLayout:
 
     @property
     def init(self) -> ProcessFiles:
-        return ProcessFiles(self.dir, self.init_log)
+        return ProcessFiles(self.dir, self.init_log, self.bundle)
 
     def exec(self, exec_id: str) -> ProcessFiles:
         work_dir = self.dir / "execs" / exec_id

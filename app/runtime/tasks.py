@@ -42,11 +42,11 @@ from ..store.tasks import TaskRecord, TaskStore, has_task, task_not_found
 from ..topics import Topic
 from .bundle import runtime_id, task_config
 from .cgroups import frozen
-from .conmon import Conmon
+from .conmon import Conmon, Stdio, read_stdio, write_stdio
 from .create import BundleStep, CreateContext, CreateStep, LogStep, RootfsStep, ShimStep, TaskDirStep, run_steps
 from .defaults import with_defaults
-from .exits import Exits
-from .layout import TaskDirs
+from .exits import Exits, TeardownHook
+from .layout import ProcessFiles, TaskDirs
 from .live import LiveTasks
 from .logs import DEFAULT_MAX_LINE_BYTES, TaskLogs, read_log
 from .oci import OCIRuntime, parse_signal
@@ -71,6 +71,7 @@ class TaskService:
         policy: SpecPolicy,
         monitor: Monitor,
         extra_steps: Sequence[CreateStep] = (),
+        teardown: Sequence[TeardownHook] = (),
     ) -> None:
         self._store = store
         self._containers = containers
@@ -81,7 +82,8 @@ class TaskService:
         self._policy = policy
         self._monitor = monitor
         self._live = LiveTasks(state)
-        self._exits = Exits(store, runtimes, monitor, self._dirs, self._live)
+        # `teardown`: how to undo, at a task's teardown, what `extra_steps` made outside the task dir.
+        self._exits = Exits(store, runtimes, monitor, self._dirs, self._live, teardown)
         self._recovery = Recovery(store, runtimes, self._dirs, self._live, self._exits)
         # The steps of create, in order; a new capability's step joins before the bundle's
         # (it may edit the spec the bundle writes) or before the shim's.
@@ -98,8 +100,6 @@ class TaskService:
         """Mount, write the bundle, have conmon run `<runtime> create`. Appends /tasks/create.
         Raises NOT_FOUND (container), CONFLICT (a task exists), VALIDATION (no rootfs, or the
         runtime refused the spec, with its message), UNAVAILABLE (runtime not installed)."""
-        if body.stdin or body.terminal:
-            raise invalid("stdin and terminal are not supported yet; create the task without them")
         container = await self._containers.get(namespace, body.container_id)
         runtime = self._runtime(container.runtime.name.value)
         self._require_conmon()
@@ -116,7 +116,12 @@ class TaskService:
             runnable = await self._policy.runnable(namespace, container.spec)  # checked again: labels change
             # Under this daemon's cgroup parent, names escaped (see runtime/cgroups.py).
             config = task_config(runnable, layout.rootfs, self._live.cgroup(namespace, container.id))
-            context = CreateContext(namespace, container, runtime, layout, config)
+            # A terminal asked for by the request or by the spec: runc and conmon must agree.
+            terminal = body.terminal or bool(config["process"].get("terminal"))
+            config["process"]["terminal"] = terminal
+            context = CreateContext(
+                namespace, container, runtime, layout, config, stdio=Stdio(stdin=body.stdin, terminal=terminal)
+            )
             await run_steps(self._create_steps, context, undo)
             assert context.started is not None
             started = context.started
@@ -330,11 +335,17 @@ class TaskService:
             raise CargoholdError(ErrorKind.CONFLICT, f'task "{task_id}" is {record.task.status.value}; '
                                  "exec needs a running task")
         spec = body.process.model_dump(mode="json", exclude_unset=True)
-        if spec.get("terminal"):
-            raise CargoholdError(ErrorKind.VALIDATION, "process.terminal is not supported yet; set it to false")
         spec = with_defaults({"process": spec})["process"]
         await self._policy.check_process(namespace, spec)
-        return await self._store.add_process(namespace, task_id, body.exec_id, spec)
+        # Under the task's lock, which its teardown takes: the exec's dir is never made
+        # again in a task dir being removed.
+        async with self._live.lock(namespace, task_id):
+            await self._live_record(namespace, task_id)
+            added = await self._store.add_process(namespace, task_id, body.exec_id, spec)
+            # Read back by start_exec (and attach): the OCI process has no field for stdin.
+            stdio = Stdio(stdin=body.stdin, terminal=bool(spec.get("terminal")))
+            await asyncio.to_thread(write_stdio, self._dirs.task(namespace, task_id).exec(body.exec_id), stdio)
+        return added
 
     async def start_exec(self, namespace: str, task_id: str, exec_id: str) -> Process:
         """Run the added exec process, once: concurrent starts are serialized and all but
@@ -348,8 +359,9 @@ class TaskService:
             layout = self._dirs.task(namespace, task_id)
             files, spec_path = layout.exec(exec_id), layout.exec_spec(exec_id)
             await asyncio.to_thread(_write_json, spec_path, process.spec)
+            stdio = Stdio(stdin=read_stdio(files).stdin, terminal=bool(process.spec.get("terminal")))
             started = await self._require_conmon().exec(
-                runtime_id(namespace, task_id), exec_id, spec_path, self._runtime(record.task.runtime), files
+                runtime_id(namespace, task_id), exec_id, spec_path, self._runtime(record.task.runtime), files, stdio
             )
             self._live.keep_pidfd(live, exec_id, started)
             try:
@@ -380,6 +392,27 @@ class TaskService:
         # No await from the look-up to the signal: the pidfd cannot be closed in between.
         if not self._live.signal_exec(namespace, task_id, exec_id, number):
             raise CargoholdError(ErrorKind.CONFLICT, f'exec process "{exec_id}" has exited')
+
+    # --- attach ----------------------------------------------------------------------
+
+    async def attachable(self, namespace: str, task_id: str, exec_id: str = "") -> tuple[ProcessFiles, Stdio]:
+        """The files (attach socket, control fifo) and stdio of a live task's init (exec id
+        "") or started exec process. Raises NOT_FOUND when unknown, CONFLICT when it has
+        exited or (an exec) has not been started."""
+        what = f'exec process "{exec_id}" of task "{task_id}"' if exec_id else f'task "{task_id}"'
+        try:
+            await self._live_record(namespace, task_id)
+            process = await self._store.get_process(namespace, task_id, exec_id) if exec_id else None
+        except CargoholdError as error:
+            if error.kind is ErrorKind.NOT_FOUND and await self._store.last_exit(namespace, task_id, exec_id):
+                raise CargoholdError(ErrorKind.CONFLICT, f"{what} has exited") from None
+            raise
+        if process is not None and process.process.pid is None:
+            raise CargoholdError(ErrorKind.CONFLICT, f"{what} has not been started: start it, then attach")
+        if not self._watched(namespace, task_id, exec_id):  # conmon has gone: the exit is being recorded
+            raise CargoholdError(ErrorKind.CONFLICT, f"{what} has exited")
+        files = self._dirs.task(namespace, task_id).process(exec_id)
+        return files, await asyncio.to_thread(read_stdio, files)
 
     async def metrics(self, namespace: str, task_id: str) -> TaskMetrics:
         """The monitor's latest figures (read now if it has none yet). Raises NOT_FOUND."""

@@ -22,7 +22,17 @@ from typing import Any
 
 from ..errors import CargoholdError, ErrorKind, not_found
 from ..filters import Equality, off_loop
-from ..models import FIRST_PAGE, Container, ContainerFields, ContainerHead, Page, PageRequest, Runtime, RuntimeName
+from ..models import (
+    FIRST_PAGE,
+    Container,
+    ContainerFields,
+    ContainerHead,
+    ContainerNetwork,
+    Page,
+    PageRequest,
+    Runtime,
+    RuntimeName,
+)
 from ..pages import cut_sizes
 from ..topics import Topic
 from .db import Database, Row, Tx, dumps, utcnow
@@ -67,6 +77,7 @@ def _from_document(doc: str) -> Container:
         snapshotter=members["snapshotter"],
         snapshot_key=members["snapshot_key"],
         extensions=members["extensions"],
+        network=ContainerNetwork.model_validate(members["network"]) if members.get("network") else None,
         created_at=datetime.fromisoformat(members["created_at"]),
         updated_at=datetime.fromisoformat(members["updated_at"]),
     )
@@ -86,6 +97,7 @@ def _with_fields(
         snapshotter=fields.snapshotter or snapshotter,
         snapshot_key=fields.snapshot_key,
         extensions=_key_sorted(fields.extensions),
+        network=fields.network,
         created_at=created_at,
         updated_at=updated_at,
     )

@@ -191,6 +191,38 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
         PRIMARY KEY (namespace, name)
     );
     """,
+    # Networks (issue 15): CNI bridge networks, global (a bridge is the host's), and each
+    # task's attachment: its ports reserved before CNI ADD, its result kept for the DEL.
+    """
+    CREATE TABLE networks (
+        name        TEXT PRIMARY KEY,
+        bridge      TEXT NOT NULL UNIQUE,
+        subnet      TEXT NOT NULL,
+        gateway     TEXT NOT NULL,
+        labels      TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE network_attachments (
+        namespace     TEXT NOT NULL,
+        task_id       TEXT NOT NULL,
+        network       TEXT NOT NULL REFERENCES networks(name) ON DELETE RESTRICT,
+        cni_id        TEXT NOT NULL,
+        netns         TEXT NOT NULL,
+        ports         TEXT NOT NULL,
+        result        TEXT,
+        created_at    TEXT NOT NULL,
+        PRIMARY KEY (namespace, task_id)
+    );
+    CREATE TABLE published_ports (
+        host_ip    TEXT NOT NULL,
+        host_port  INTEGER NOT NULL,
+        protocol   TEXT NOT NULL,
+        namespace  TEXT NOT NULL,
+        task_id    TEXT NOT NULL,
+        PRIMARY KEY (host_port, protocol, host_ip),
+        FOREIGN KEY (namespace, task_id) REFERENCES network_attachments(namespace, task_id) ON DELETE CASCADE
+    );
+    """,
 )
 
 

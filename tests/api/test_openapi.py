@@ -37,7 +37,7 @@ HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "pa
 # The verbs an operationId may start with; a new one is a deliberate choice, added here.
 VERBS = frozenset({
     "add", "collect", "commit", "create", "delete", "export", "get", "import", "kill", "list", "pause", "prepare",
-    "pull", "push", "remove", "resume", "start", "stream", "update", "wait",
+    "pull", "push", "remove", "resize", "resume", "start", "stream", "update", "wait",
 })
 OPERATION_ID = re.compile(r"^(?P<verb>[a-z]+)(?:_[a-z0-9]+)+$")
 # Every route with a body is behind BodyLimitMiddleware (413); a JSON body can also be

@@ -39,6 +39,8 @@ class DaemonProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.client: httpx.AsyncClient | None = None
         self.starts = 0
+        # More `cargohold serve` flags, given at every start.
+        self.args: list[str] = []
 
     @property
     def settings(self) -> Settings:
@@ -64,7 +66,7 @@ class DaemonProcess:
         with open(self.log, "wb") as log:
             self.process = await asyncio.create_subprocess_exec(
                 str(CARGOHOLD), "serve", "--root", str(self.root), "--state", str(self.state),
-                "--listen", f"unix://{self.socket}", "--log-level", "info",
+                "--listen", f"unix://{self.socket}", "--log-level", "info", *self.args,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         client = httpx.AsyncClient(

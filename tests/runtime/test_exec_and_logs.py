@@ -76,7 +76,7 @@ REFUSED_EXECS: list[tuple[str, bytes, int]] = [
     ("args-not-list", b'{"exec_id": "x", "process": {"args": "sh"}}', 422),
     ("invalid-exec-id", b'{"exec_id": "x..y", "process": {"args": ["true"]}}', 422),
     ("no-exec-id", b'{"process": {"args": ["true"]}}', 422),
-    ("terminal", b'{"exec_id": "x", "process": {"args": ["true"], "terminal": true}}', 422),
+    ("stdin-not-bool", b'{"exec_id": "x", "process": {"args": ["true"]}, "stdin": "maybe"}', 422),
     ("unknown-field", b'{"exec_id": "x", "process": {"args": ["true"]}, "tty": 1}', 422),
 ]
 

@@ -279,14 +279,15 @@ class TestCreate:
         assert [json.loads(line)["line"] for line in logs.text.splitlines()] == ["first-run"]
 
     @pytest.mark.parametrize(
-        "body, spec",
+        "body, spec, flags",
         [
-            pytest.param({"terminal": True}, {}, id="request-terminal"),
-            pytest.param({"stdin": True}, {}, id="request-stdin"),
-            pytest.param({}, {"terminal": True}, id="spec-terminal"),
+            pytest.param({"terminal": True}, {}, {"-t"}, id="request-terminal"),
+            pytest.param({"stdin": True}, {}, {"-i"}, id="request-stdin"),
+            pytest.param({}, {"terminal": True}, {"-t"}, id="spec-terminal"),
+            pytest.param({"terminal": True, "stdin": True}, {}, {"-t", "-i", "--leave-stdin-open"}, id="both"),
         ],
     )
-    async def test_terminal_refused(
+    async def test_terminal_and_stdin(
         self,
         api: httpx.AsyncClient,
         runtime_settings: Settings,
@@ -294,7 +295,9 @@ class TestCreate:
         ns_headers: dict[str, str],
         body: dict[str, Any],
         spec: dict[str, Any],
+        flags: set[str],
     ) -> None:
+        """conmon gets -t (runc a console socket) and -i as asked; attach is tests/runtime/test_attach.py's."""
         await make_container(api, ns_headers, "tty", ["sh"])
         if spec:
             patched = await api.patch(
@@ -304,9 +307,13 @@ class TestCreate:
             )
             assert patched.status_code == 200, patched.text
         response = await api.post("/tasks", json={"container_id": "tty", **body}, headers=ns_headers)
-        assert "not supported" in problem(response, 400, 422)["detail"]
-        assert (await api.get("/tasks", headers=ns_headers)).json()["tasks"] == []
-        assert leftovers(runtime_settings) == {}
+        assert response.status_code == 201, response.text
+        [conmon] = conmon_of(runtime_settings, f"{namespace}+tty")
+        argv = {arg.decode() for arg in Path(f"/proc/{conmon}/cmdline").read_bytes().split(b"\0")}
+        assert flags <= argv and not ({"-t", "-i", "--leave-stdin-open"} - flags) & argv, argv
+        bundle = runtime_settings.state / "tasks" / namespace / "tty" / "bundle"
+        config = json.loads((bundle / "config.json").read_text())
+        assert config["process"]["terminal"] is ("-t" in flags)
 
     @pytest.mark.parametrize(
         "content, status",

@@ -1,0 +1,1 @@
+"""Networks (issue 15): CNI bridge networks, tasks attached to them, published ports."""
