@@ -71,7 +71,7 @@ lint: $(STAMP)
 bench: $(STAMP) test-packages
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-## bench-peers: W1, W3, W5, W6 through Cargohold and through a containerd of its own; writes bench/results-peers.json
+## bench-peers: W1, W3, W5, W6 through Cargohold and a containerd of its own, W7, W8 and Podman; writes bench/results-peers.json
 # Installs Debian's containerd when missing. Its postinst enables containerd.service and
 # starts it only under systemd (/run/systemd/system); if it did, that service is stopped
 # and disabled again: the harness runs its own containerd on private paths.
@@ -83,6 +83,10 @@ bench-peers: $(STAMP) test-packages
 	    echo "the containerd package started containerd.service: stopping and disabling it"; \
 	    systemctl disable --now containerd.service; \
 	  fi; \
+	fi
+	@if ! command -v podman >/dev/null; then \
+	  echo "installing podman (for bench-peers W7, W8; daemonless, run on private paths)"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends podman; \
 	fi
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 

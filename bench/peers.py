@@ -1,4 +1,4 @@
-"""`make bench-peers`: W1, W3 and W5 through Cargohold and through containerd, in one run.
+"""`make bench-peers`: W1, W3, W5 and W6 through Cargohold and through containerd, in one run.
 
 Cargohold runs first (a `cargohold serve` subprocess, the workloads of bench/run.py, with
 their floors: bare `runc run`, a bare eventfd). Then this harness starts a containerd of
@@ -10,16 +10,22 @@ as an OCI image (`ctr images import`, unpacked into overlayfs), runs the same wo
 Afterwards it stops containerd and the shims it left, unmounts what is left under its
 root, removes its cgroups, and fails loudly if anything is still there.
 
+W6 (images): one local docker-registry (bench/images.py) serves both sides the same
+images. Cargohold's pulls are bench/run.py's W6; containerd's are `ctr images pull
+--plain-http` into overlayfs, with `ctr images rm --sync` (the image, then a synchronous
+GC) between runs so that each downloads and unpacks everything again.
+
 The table is printed and written to bench/results-peers.json. Shared, noisy machines:
 read the ratios.
 
-    python -m bench.peers [--runs 50] [--only W1,W3,W5] [--quick]
+    python -m bench.peers [--runs 50] [--only W1,W3,W5,W6] [--quick] [--pulls 7]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -41,6 +47,17 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from app.images.unpack import chain_ids
+from bench.images import (
+    BenchImage,
+    Layout,
+    bench_registry,
+    blob_bytes,
+    build_layout,
+    log_offset,
+    missing_tools,
+    reference,
+)
 from bench.run import (
     OOM_SCRIPT,
     Report,
@@ -51,8 +68,11 @@ from bench.run import (
     w1_run_to_completion,
     w3_oom_notice,
     w5_fanout,
+    w6_images,
+    w6_pulls,
     write_results,
 )
+from tests.images.conftest import Registry
 from tests.rootfs import write_busybox_tar
 
 NAMESPACE = "bench"
@@ -588,6 +608,65 @@ async def w5_containerd(c: Containerd, rootfs: Path, report: Report) -> list[flo
     return lag
 
 
+def containerd_has(c: Containerd, image: BenchImage) -> list[str]:
+    """What containerd still holds of `image`: its blobs in the content store, its chain snapshots."""
+    content = set(c.ctr("content", "ls", "-q").split())
+    snapshots = {line.split()[0] for line in c.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").splitlines()[1:]
+                 if line.strip()}
+    blobs = [blob.digest for blob in (image.manifest, image.config, *image.layers) if blob.digest in content]
+    return blobs + [chain for chain in chain_ids([layer.diff_id for layer in image.layers]) if chain in snapshots]
+
+
+def containerd_reclaim(c: Containerd, ref: str, image: BenchImage) -> None:
+    """`ctr images rm --sync` (the image, then a synchronous GC); what GC kept is removed by hand."""
+    c.ctr("images", "rm", "--sync", ref)
+    if left := containerd_has(c, image):
+        print(f"containerd's GC kept {len(left)} blob(s)/snapshot(s) of {ref}; removing them", file=sys.stderr)
+        for chain in reversed(chain_ids([layer.diff_id for layer in image.layers])):
+            c.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "rm", chain, check=False)
+        c.ctr("content", "rm", *left, check=False)
+    if left := containerd_has(c, image):
+        raise RuntimeError(f"containerd still holds {left} of {ref}: the next pull would not be cold")
+
+
+async def w6_containerd(c: Containerd, registry: Registry, layout: Layout, runs: int,
+                        floor: dict[str, float] | None, report: Report) -> list[float]:
+    """`ctr images pull --plain-http` of big (ctr fetches; containerd unpacks into overlayfs),
+    timed from spawn to exit, the image and all it reached removed between runs; then the
+    bytes a pull of shared downloads with big's layers there."""
+    big, shared = layout.images["big"], layout.images["shared"]
+    big_ref, shared_ref = reference(registry, "big"), reference(registry, "shared")
+
+    def pull(ref: str) -> float:
+        """ctr's progress lines (stdout) and its log lines (stderr) are kept from the table."""
+        started = time.perf_counter()
+        done = subprocess.run(c.argv("images", "pull", "--plain-http", "--snapshotter", SNAPSHOTTER, ref),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"ctr images pull {ref}: {done.stderr.strip()}")
+        return time.perf_counter() - started
+
+    samples = []
+    for index in range(runs + 1):  # the first warms up
+        seconds = pull(big_ref)
+        if index > 0:
+            samples.append(ms(seconds))
+        containerd_reclaim(c, big_ref, big)
+    pull(big_ref)
+    since = log_offset(registry)
+    shared_seconds = pull(shared_ref)
+    sent = blob_bytes(registry, since)
+    c.ctr("images", "rm", "--sync", shared_ref, big_ref)
+    new_layers = [layer for layer in shared.layers if layer not in big.layers]
+    downloaded = sum(size for key, size in sent.items() if not key.startswith("manifest "))
+    report.add("W6", f"containerd: ctr images pull, 3 layers, {big.size / 2**20:.0f} MiB gzip", "ms",
+               summary(samples), floor, f"{runs} cold pulls (ctr images rm --sync between); spawn to exit")
+    report.add("W6", "  containerd: second image, 2 of 3 layers shared: blob bytes", "B", downloaded, None,
+               f"expected {shared.config.size + sum(layer.size for layer in new_layers):,}; "
+               f"pull + unpack {ms(shared_seconds):.0f} ms")
+    return samples
+
+
 # --- the run ------------------------------------------------------------------------------------------------
 
 
@@ -625,8 +704,9 @@ def tool_version(*argv: str) -> str:
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50, help="W1 runs (W3 runs 10, 3 with --quick)")
-    parser.add_argument("--only", default="W1,W3,W5")
-    parser.add_argument("--quick", action="store_true", help="fewer W3 runs, for a smoke run")
+    parser.add_argument("--only", default="W1,W3,W5,W6,W7,W8")
+    parser.add_argument("--quick", action="store_true", help="fewer W3 runs and a 10 MiB W6 image, for a smoke run")
+    parser.add_argument("--pulls", type=int, default=7, help="W6's cold pulls (3 with --quick)")
     args = parser.parse_args(argv)
     chosen = set(args.only.upper().split(","))
     if os.geteuid() != 0:
@@ -634,6 +714,10 @@ async def main(argv: list[str] | None = None) -> int:
     for binary in ("runc", "conmon", "busybox", "containerd", "ctr", "containerd-shim-runc-v2", "umount"):
         if shutil.which(binary) is None:
             raise SystemExit(f"bench-peers needs {binary}: `make bench-peers` installs it (as root)")
+    if "W6" in chosen and (missing := missing_tools()):
+        raise SystemExit(f"W6 needs {', '.join(missing)}: `make bench-peers` installs them (as root)")
+    if chosen & {"W7", "W8"} and shutil.which("podman") is None:
+        raise SystemExit("W7 and W8 need podman: `make bench-peers` installs it (as root)")
     oom_runs = 3 if args.quick else 10
     load_before = os.getloadavg()[0]
     report = Report()
@@ -641,8 +725,14 @@ async def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="cargohold-peers-"))
     versions: dict[str, str] = {}
     failed = True
+    registries = contextlib.ExitStack()  # W6's registry serves both sides; stopped by pid at the end
     try:
         tar = write_busybox_tar(work / "busybox.tar")
+        registry: Registry | None = None
+        layout: Layout | None = None
+        if "W6" in chosen:
+            layout = build_layout(work / "w6-layout", args.quick)
+            registry = registries.enter_context(bench_registry(work / "w6-registry", layout))
         async with daemon(work / "d") as d:
             async with d.client() as client:
                 await expect(client.post("/snapshots/import?name=busybox", content=tar.read_bytes()), 201)
@@ -651,6 +741,25 @@ async def main(argv: list[str] | None = None) -> int:
                 "W3": lambda: w3_oom_notice(d, work, tar, oom_runs, report),
                 "W5": lambda: w5_fanout(d, report),
             }
+            if registry is not None and layout is not None:
+                w6_registry, w6_layout = registry, layout
+
+                async def w6() -> None:
+                    await w6_images(work / "w6", w6_registry, w6_layout, w6_pulls(args), report)
+
+                workloads["W6"] = w6
+
+            async def w7() -> None:  # bench/networking.py; Podman's side: bench/podman.py, below
+                from bench.networking import w7_networking
+
+                await w7_networking(d, args.runs, report)
+
+            async def w8() -> None:  # bench/attach.py
+                from bench.attach import w8_attach
+
+                await w8_attach(d, report, args.quick)
+
+            workloads |= {"W7": w7, "W8": w8}
             for workload, run in workloads.items():
                 if workload in chosen:
                     since = len(report.rows)
@@ -672,15 +781,24 @@ async def main(argv: list[str] | None = None) -> int:
             if "W5" in chosen:
                 peer = summary(await w5_containerd(c, rootfs, report))
                 compare(report, "W5", found["W5"]["cargohold"], peer)
+            if registry is not None and layout is not None:
+                peer = summary(await w6_containerd(c, registry, layout, w6_pulls(args), found["W6"]["floor"],
+                                                   report))
+                compare(report, "W6", found["W6"]["cargohold"], peer)
+        if chosen & {"W7", "W8"}:  # Podman on private paths (bench/podman.py)
+            from bench.podman import podman_peers
+
+            versions["podman"] = podman_peers(work / "podman", tar, chosen, args.runs, args.quick, found, report)
         failed = False
     finally:
+        registries.close()
         if mounts_under(work):
             print(f"left {work} in place: mounts remain under it", file=sys.stderr)
         elif failed:
             print(f"left {work} in place for its logs (d/daemon.log, containerd/containerd.log)", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    order = {"W1": 1, "W3": 3, "W5": 5}
+    order = {"W1": 1, "W3": 3, "W5": 5, "W6": 6, "W7": 7, "W8": 8}
     report.rows.sort(key=lambda row: order.get(row["workload"], 9))  # stable: each workload's rows together
     report.print()
     versions["runc"] = tool_version("runc", "--version")

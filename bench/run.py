@@ -4,10 +4,12 @@ Each workload runs against a real daemon (`cargohold serve`, a subprocess) on a 
 socket, driven from this one client process with httpx, after a warm-up; it reports p50,
 p95 and max, and beside it the floor measured in the same run (a bare `runc run` of the
 same bundle; a bare eventfd on memory.oom_control; the same requests to a server that
-does nothing, bench/null_server.py). The table is printed and written to
-bench/results.json. These machines are shared and noisy: read the ratios.
+does nothing, bench/null_server.py; for W6's pulls, the same blobs fetched by a plain
+httpx client, and `tar -x` of them, from the same local registry: bench/images.py). The
+table is printed and written to bench/results.json. These machines are shared and noisy:
+read the ratios.
 
-    python -m bench.run [--runs 50] [--only W1,W3] [--quick]
+    python -m bench.run [--runs 50] [--only W1,W3] [--quick] [--pulls 7]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -26,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +41,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.runtime.seccomp import DEFAULT_PROFILE_PATH, SeccompProfile  # noqa: E402
+from bench.images import (  # noqa: E402
+    BenchImage,
+    Layout,
+    bench_registry,
+    blob_bytes,
+    build_layout,
+    fetch_to_disk,
+    log_offset,
+    missing_tools,
+    reference,
+    untar,
+)
+from tests.images.conftest import Registry  # noqa: E402
 from tests.rootfs import write_busybox_tar  # noqa: E402
 
 BASE_URL = "http://cargohold"
@@ -657,16 +673,285 @@ async def w5_fanout(d: Daemon, report: Report) -> None:
                    f"{expected} events each")
 
 
+# --- W6: images ---------------------------------------------------------------------------------
+
+
+def pull_body(reference: str) -> dict[str, Any]:
+    return {"reference": reference, "plain_http": True}
+
+
+async def pull(client: httpx.AsyncClient, reference: str) -> float:
+    """POST /images/pull of `reference`, to the image's row: seconds."""
+    started = time.perf_counter()
+    await expect(client.post("/images/pull", json=pull_body(reference)), 201)
+    return time.perf_counter() - started
+
+
+async def reclaim(d: Daemon, client: httpx.AsyncClient, reference: str, image: BenchImage) -> bool:
+    """Delete the image and collect garbage; True if its blobs and chain snapshots are gone
+    (the next pull downloads and unpacks everything again)."""
+    from app.images.unpack import chain_ids
+
+    await expect(client.delete(f"/images/{reference}"), 204)
+    await client.post("/gc")  # were there no GC, the blobs would stay: the caller starts a fresh daemon
+    blobs = d.root / "content" / "blobs" / "sha256"
+    parts = (image.manifest, image.config, *image.layers)
+    if any((blobs / blob.digest.removeprefix("sha256:")).exists() for blob in parts):
+        return False
+    for chain_id in chain_ids([layer.diff_id for layer in image.layers]):
+        if (await client.get(f"/snapshots/{chain_id}")).status_code != 404:
+            return False
+    return True
+
+
+async def pull_phases(client: httpx.AsyncClient, reference: str, image: BenchImage) -> dict[str, float]:
+    """One pull with `Accept: text/event-stream`: seconds spent in each step (every blob in;
+    each layer unpacked; the image written) from the SSE events' arrival, and in total."""
+    started = time.perf_counter()
+    fetched: dict[str, float] = {}
+    unpacked: dict[str, float] = {}
+    done = 0.0
+    event = ""
+    async with client.stream("POST", "/images/pull", json=pull_body(reference),
+                             headers={"Accept": "text/event-stream"}) as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                at = time.perf_counter() - started
+                data = json.loads(line.removeprefix("data:"))
+                if event == "progress" and data["bytes"] == data["total"]:
+                    fetched.setdefault(data["digest"], at)
+                elif event == "unpacked":
+                    unpacked[data["layer"]] = at
+                elif event == "done":
+                    done = at
+                elif event == "error":
+                    raise RuntimeError(f"pull of {reference}: {data}")
+    phases = {"download": max(fetched[layer.digest] for layer in image.layers)}
+    mark = phases["download"]
+    for index, layer in enumerate(image.layers):
+        phases[f"unpack layer {index + 1}"] = unpacked[layer.digest] - mark
+        mark = unpacked[layer.digest]
+    phases["image written"] = done - mark
+    phases["total"] = time.perf_counter() - started
+    return phases
+
+
+@dataclass
+class FloorRun:
+    fetch: float  # seconds
+    layers: list[tuple[float, float]]  # (tar -x, syncfs) seconds per layer
+    cpu: float  # seconds of CPU: this process's during the fetch, tar's and sync's
+
+
+async def floor_run(registry: Registry, image: BenchImage, work: Path) -> FloorRun:
+    """The floor once; its files removed after."""
+    try:
+        cpu = time.process_time()
+        fetched = await fetch_to_disk(registry, image, work / "blobs")
+        cpu = time.process_time() - cpu
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        layers = untar(image, work / "blobs", work / "tree")
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu += after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        return FloorRun(fetched, layers, cpu)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def version_latency(client: httpx.AsyncClient, until: asyncio.Future[Any] | None,
+                          count: int = 100) -> list[float]:
+    """GET /version, one at a time every 10 ms: until `until` is done, or `count` times."""
+    samples: list[float] = []
+    while (until is None and len(samples) < count) or (until is not None and not until.done()):
+        started = time.perf_counter()
+        await expect(client.get("/version"), 200)
+        samples.append(ms(time.perf_counter() - started))
+        await asyncio.sleep(0.01)
+    return samples
+
+
+def vm_kib(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def w6_rss(work: Path, registry: Registry, image: BenchImage, report: Report) -> None:
+    """A fresh daemon pulls tiny (its first pull: what that loads stays), then `image` (one
+    large layer): the RSS peak of that pull over the RSS before it."""
+    async with daemon(work) as d, d.client() as client:
+        for _ in range(20):
+            await expect(client.get("/version"), 200)
+        fresh = vm_kib(d.process.pid, "VmRSS")
+        await pull(client, reference(registry, "tiny"))
+        await asyncio.sleep(0.5)
+        idle = vm_kib(d.process.pid, "VmRSS")
+        try:  # 5: reset VmHWM to the current RSS (proc(5)), so it is this pull's peak
+            Path(f"/proc/{d.process.pid}/clear_refs").write_text("5")
+            reset = True
+        except OSError:
+            reset = False
+        pulling = asyncio.ensure_future(pull(client, reference(registry, image.tag)))
+        sampled = idle
+        while not pulling.done():
+            sampled = max(sampled, vm_kib(d.process.pid, "VmRSS"))
+            await asyncio.sleep(0.01)
+        seconds = pulling.result()
+        peak = max(sampled, vm_kib(d.process.pid, "VmHWM") if reset else 0)
+        after = vm_kib(d.process.pid, "VmRSS")
+    layer = image.layers[0]
+    report.add("W6", f"daemon RSS growth pulling one {layer.size / 2**20:.0f} MiB layer", "MiB",
+               round((peak - idle) / 1024, 1), None,
+               f"peak {peak / 1024:.1f} MiB ({'VmHWM' if reset else 'VmRSS every 10 ms'}) over {idle / 1024:.1f}; "
+               f"{after / 1024:.1f} after; pull {seconds:.1f} s; target < 50 MiB")
+    report.add("W6", "  daemon RSS growth of its first pull (tiny)", "MiB", round((idle - fresh) / 1024, 1), None,
+               f"{fresh / 1024:.1f} MiB fresh: what the first pull loads, once")
+
+
+async def w6_loop_hold(work: Path, registry: Registry, image: BenchImage, report: Report) -> None:
+    """The daemon's services in this process (no HTTP) pull `image`: the longest the event
+    loop is held at a time, seen by a 1 ms ticker (as W4's monitor row)."""
+    from app.config import Settings
+    from app.daemon import open_daemon
+    from app.models import ImagePull
+
+    settings = Settings(root=work / "root", state=work / "state")
+    async with open_daemon(settings) as inproc:
+        pulling = asyncio.ensure_future(inproc.images.pull(
+            "default", ImagePull(reference=reference(registry, image.tag), plain_http=True)))
+        holds: list[float] = []
+        while not pulling.done():
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            holds.append(ms(time.perf_counter() - before - 0.001))
+        pulling.result()
+    shutil.rmtree(work, ignore_errors=True)
+    report.add("W6", "pull: loop held per tick", "ms", summary(holds), None,
+               "1 ms ticker; the daemon's services in the bench process, no HTTP")
+
+
+async def w6_images(work: Path, registry: Registry, layout: Layout, runs: int, report: Report) -> dict[str, float]:
+    """W6 against `registry` (holding `layout`'s images): cold pulls of big against the
+    floor, then shared's bytes, GET /version during a pull, the loop, the RSS. Returns the
+    cold pull's summary (ms)."""
+    big, shared = layout.images["big"], layout.images["shared"]
+    big_ref, shared_ref = reference(registry, "big"), reference(registry, "shared")
+    samples: list[float] = []
+    fetches: list[float] = []
+    untars: list[list[float]] = []
+    syncs: list[list[float]] = []
+    cpus: list[tuple[float, float]] = []  # (the daemon's, the floor's) CPU seconds per run
+    streamed: dict[str, list[float]] = {}
+    started = 0  # daemons, each on a root of its own
+    async with AsyncExitStack() as stack:
+
+        async def fresh_daemon() -> tuple[Daemon, httpx.AsyncClient]:
+            """Stop the daemon (if any) and start one on a fresh root (the old one removed)."""
+            nonlocal started
+            await stack.aclose()
+            shutil.rmtree(work / f"d{started - 1}", ignore_errors=True)
+            d = await stack.enter_async_context(daemon(work / f"d{started}"))
+            started += 1
+            client = await stack.enter_async_context(d.client())
+            await pull(client, reference(registry, "tiny"))  # a daemon's first pull loads what pulls need
+            return d, client
+
+        d, client = await fresh_daemon()
+
+        async def cold() -> tuple[Daemon, httpx.AsyncClient]:
+            """The image gone and collected; or, with no GC (yet), a fresh daemon."""
+            return (d, client) if await reclaim(d, client, big_ref, big) else await fresh_daemon()
+
+        # Each run: the floor, a plain pull, then a pull with progress events (where the time goes).
+        for index in range(runs + 1):  # the first warms up
+            floor = await floor_run(registry, big, work / "floor")
+            cpu = cpu_seconds(d.process.pid)
+            seconds = await pull(client, big_ref)
+            cpu = cpu_seconds(d.process.pid) - cpu
+            d, client = await cold()
+            phases = await pull_phases(client, big_ref, big)
+            d, client = await cold()
+            if index > 0:
+                samples.append(ms(seconds))
+                fetches.append(ms(floor.fetch))
+                untars.append([ms(tar) for tar, _ in floor.layers])
+                syncs.append([ms(sync) for _, sync in floor.layers])
+                cpus.append((cpu, floor.cpu))
+                for phase, spent in phases.items():
+                    streamed.setdefault(phase, []).append(ms(spent))
+        await pull(client, big_ref)
+        since = log_offset(registry)
+        shared_seconds = await pull(client, shared_ref)
+        sent = blob_bytes(registry, since)
+        await expect(client.delete(f"/images/{shared_ref}"), 204)
+        d, client = await cold()
+        idle = await version_latency(client, None)
+        pulling = asyncio.ensure_future(pull(client, big_ref))
+        async with d.client() as prober:
+            during = await version_latency(prober, pulling)
+        await pulling
+    cold_pulls = summary(samples)
+    floor_fetch = summary(fetches)
+    floor_total = summary([f + sum(t) for f, t in zip(fetches, untars, strict=True)])
+    how_cold = ("a fresh daemon and root for each (no POST /gc), warmed by a tiny pull" if started > 1
+                else "image deleted + POST /gc between runs")
+    report.add("W6", f"pull + unpack, 3 layers, {big.size / 2**20:.0f} MiB gzip", "ms", cold_pulls, floor_total,
+               f"{runs} cold pulls ({how_cold}); floor: httpx fetch + tar -xzf; CPU p50: the daemon "
+               f"{statistics.median(c for c, _ in cpus):.2f} s, the floor {statistics.median(f for _, f in cpus):.2f}")
+    report.add("W6", "  the same against the fetch alone", "ms", cold_pulls, floor_fetch,
+               "floor: httpx, all layers at once, to files, fsynced")
+    report.add("W6", "  the same against fetch + tar + syncfs", "ms", cold_pulls,
+               summary([f + sum(t) + sum(y) for f, t, y in zip(fetches, untars, syncs, strict=True)]),
+               "floor: with `sync -f` after each layer, as the daemon's syncfs")
+    report.add("W6", "  floor: sync -f after each layer, 3 in all", "ms", summary([sum(y) for y in syncs]), None,
+               "syncfs flushes the whole filesystem: others' writes too, on a shared machine")
+    report.add("W6", "  with Accept: text/event-stream", "ms", summary(streamed["total"]), floor_total,
+               f"{runs} more cold pulls; the rows below split them by their events")
+    report.add("W6", "    all blobs in", "ms", summary(streamed["download"]), floor_fetch,
+               "the last layer's progress at its total; floor: the fetch")
+    for index, layer in enumerate(big.layers):
+        report.add("W6", f"    unpack layer {index + 1}: {layer.what}", "ms",
+                   summary(streamed[f"unpack layer {index + 1}"]),
+                   summary([t[index] + y[index] for t, y in zip(untars, syncs, strict=True)]),
+                   f"{layer.size / 2**20:.1f} MiB gzip, {layer.unpacked / 2**20:.1f} MiB tar; "
+                   f"floor: tar -xzf + sync -f (tar alone {statistics.median(t[index] for t in untars):.1f})")
+    report.add("W6", "    image written, done", "ms", summary(streamed["image written"]))
+    shared_layers = [layer for layer in shared.layers if layer in big.layers]
+    new_layers = [layer for layer in shared.layers if layer not in big.layers]
+    expected = shared.config.size + sum(layer.size for layer in new_layers)
+    downloaded = sum(size for key, size in sent.items() if not key.startswith("manifest "))
+    refetched = sum(sent.get(layer.digest, 0) for layer in shared_layers)
+    report.add("W6", f"second image, {len(shared_layers)} of 3 layers shared: blob bytes", "B", downloaded, None,
+               f"expected {expected:,} (new layer {new_layers[0].size:,} + config); shared layers' bytes "
+               f"fetched: {refetched}; + {sum(v for k, v in sent.items() if k.startswith('manifest '))} B of "
+               f"manifests; pull + unpack {ms(shared_seconds):.0f} ms")
+    report.add("W6", "GET /version during a pull", "ms", summary(during), summary(idle),
+               "one at a time, every 10 ms; floor: the same daemon idle")
+    await w6_loop_hold(work / "inproc", registry, big, report)
+    await w6_rss(work / "rss", registry, layout.images["huge"], report)
+    return cold_pulls
+
+
+def w6_pulls(args: argparse.Namespace) -> int:
+    return min(args.pulls, 3) if args.quick else int(args.pulls)
+
+
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--only", default="W1,W2,W3,W4,W5")
-    parser.add_argument("--quick", action="store_true", help="smaller W2/W4 for a smoke run")
+    parser.add_argument("--only", default="W1,W2,W3,W4,W5,W6,W7,W8")
+    parser.add_argument("--quick", action="store_true", help="smaller W2/W4/W6 for a smoke run (W6: a 10 MiB image)")
+    parser.add_argument("--pulls", type=int, default=7, help="W6's cold pulls (3 with --quick)")
     args = parser.parse_args(argv)
     chosen = set(args.only.upper().split(","))
     for binary in ("runc", "conmon", "busybox"):
         if shutil.which(binary) is None:
             raise SystemExit(f"bench needs {binary}: run `make system-packages` as root")
+    if "W6" in chosen and (missing := missing_tools()):
+        raise SystemExit(f"W6 needs {', '.join(missing)}: run `make test-packages` as root")
     report = Report()
     with tempfile.TemporaryDirectory(prefix="cargohold-bench-") as tmp:
         work = Path(tmp)
@@ -688,6 +973,18 @@ async def main(argv: list[str] | None = None) -> int:
             if "W4" in chosen:
                 await w4_footprint(d, report, args.quick, fresh_idle)
                 await monitor_loop_hold(work, report)
+            if "W7" in chosen:  # bench/networking.py (imported here: it imports this module)
+                from bench.networking import w7_networking
+
+                await w7_networking(d, args.runs, report)
+            if "W8" in chosen:  # bench/attach.py
+                from bench.attach import w8_attach
+
+                await w8_attach(d, report, args.quick)
+        if "W6" in chosen:
+            layout = build_layout(work / "w6-layout", args.quick)
+            with bench_registry(work / "w6-registry", layout) as registry:
+                await w6_images(work / "w6", registry, layout, w6_pulls(args), report)
     remove_bench_cgroups()
     report.print()
     write_results("results.json", "make bench", report)
