@@ -118,13 +118,25 @@ class RegistryClient:
                  trust_env: bool = True) -> None:
         self.insecure_registries = frozenset(insecure_registries)
         self.max_manifest_bytes = max_manifest_bytes
-        self._http = httpx.AsyncClient(
-            verify=tls_context(ca_dir), timeout=httpx.Timeout(timeout), follow_redirects=True,
-            trust_env=trust_env, headers={"User-Agent": "cargohold"},
-        )
+        if ca_dir is not None and not ca_dir.is_dir():
+            raise ValueError(f"--registry-ca {ca_dir} is not a directory")
+        self._ca_dir, self._timeout, self._trust_env = ca_dir, timeout, trust_env
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        # Made on first use: loading the system's CAs takes 20 ms, which a daemon that never
+        # talks to a registry (and every test's daemon) need not pay at start.
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                verify=tls_context(self._ca_dir), timeout=httpx.Timeout(self._timeout), follow_redirects=True,
+                trust_env=self._trust_env, headers={"User-Agent": "cargohold"},
+            )
+        return self._client
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def __aenter__(self) -> RegistryClient:
         return self
