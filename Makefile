@@ -44,6 +44,8 @@ test-packages: system-packages
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
 	@command -v openssl >/dev/null || { apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl; }  # tests/api/test_tls.py
+	@command -v tmux >/dev/null || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tmux; }  # tests/client: run -it
 	@missing=$$(for b in $(IMAGE_TEST_BINARIES); do command -v $$b >/dev/null || echo $$b; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $(IMAGE_TEST_PACKAGES) (missing: $$missing)"; \

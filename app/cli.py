@@ -1,4 +1,5 @@
-"""The `cargohold` command: `serve` runs the daemon, `openapi` prints its API description."""
+"""The `cargohold` command: `serve` runs the daemon, `openapi` prints its API description; every
+other command is the client (app/client/commands.py), which speaks to a daemon over its API."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .api.middleware import ListenerMark
+from .client.entry import DAEMON_COMMANDS
 from .config import DEFAULT_LISTEN, DEFAULT_ROOT, DEFAULT_STATE, Listener, Settings
 from .main import create_app
 from .ondisk import StartupError, secure_layout
@@ -141,7 +143,13 @@ def _limit_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] not in DAEMON_COMMANDS:
+        # `python -m app ps` as well: the console script goes through app/client/entry.py first.
+        from .client.commands import run_app
+
+        return run_app(arguments)
+    args = _parser().parse_args(arguments)
     if args.command == "openapi":
         app = create_app(Settings(listeners=()))
         json.dump(app.openapi(), sys.stdout, indent=2, sort_keys=True)

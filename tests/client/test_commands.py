@@ -1,0 +1,278 @@
+"""The `cargohold` client run as a user runs it: a subprocess against a real daemon (runc,
+conmon, overlayfs) and a real registry. Exit statuses, what is printed, and what the
+daemon holds afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.client.entry import main
+from tests.client.conftest import Daemon
+from tests.runtime.daemon import CARGOHOLD
+from tests.runtime.test_networks import require_networking
+
+pytestmark = [pytest.mark.runtime, pytest.mark.registry]
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def pulled(daemon: Daemon) -> Daemon:
+    """The daemon with busybox pulled (through the client, its output not a terminal)."""
+    out = ok(daemon.cli("pull", "--plain-http", daemon.image))
+    lines = out.splitlines()
+    assert lines[0].startswith(f"resolved {daemon.image} -> sha256:"), out
+    assert any("downloaded" in line for line in lines), out
+    assert lines[-1].startswith(f"pulled {daemon.image} (sha256:"), out
+    assert "\x1b" not in out  # plain lines: no progress bar, no colour
+    return daemon
+
+
+def test_no_daemon_says_so_and_where_it_looked(tmp_path: Path) -> None:
+    socket = tmp_path / "nobody.sock"
+    done = subprocess.run([str(CARGOHOLD), "--host", f"unix://{socket}", "ps"], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "cannot connect to the Cargohold daemon" in lines[0] and str(socket) in lines[0], done.stderr
+    assert "is it running?" in lines[0]
+
+
+@pytest.mark.parametrize("command", [
+    "run", "exec", "attach", "ps", "inspect", "logs", "stop", "kill", "rm", "stats", "pull", "push", "images", "rmi",
+    "import", "export", "events", "network ls", "network create", "network rm"])
+def test_every_command_has_help_with_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # In-process (the same entry point): twenty process starts would cost seconds and show nothing more.
+    assert main([*command.split(), "--help"]) == 0
+    assert "Example: cargohold " in capsys.readouterr().out
+
+
+def test_events_stream_what_happened(pulled: Daemon) -> None:
+    ok(pulled.cli("run", "--rm", "--name", "evented", pulled.image, "true"))
+    watch = subprocess.Popen([str(CARGOHOLD), "events", "--since", "0", "-o", "json", "--filter",
+                              'topic=="/tasks/exit",event.container_id=="evented"'],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "CARGOHOLD_HOST": pulled.host})
+    try:
+        assert watch.stdout is not None
+        event = json.loads(watch.stdout.readline())
+    finally:
+        watch.kill()
+        watch.communicate(timeout=10)
+    assert event["topic"] == "/tasks/exit" and event["event"]["container_id"] == "evented"
+    assert event["event"]["exit_status"] == 0
+
+
+def test_run_rm_prints_and_exits_with_the_status(pulled: Daemon) -> None:
+    done = pulled.cli("run", "--rm", "--name", "hello", pulled.image, "echo", "hi")
+    assert ok(done) == "hi\n"
+    failed = pulled.cli("run", "--rm", pulled.image, "sh", "-c", "echo oops >&2; exit 3")
+    assert failed.returncode == 3, (failed.stdout, failed.stderr)
+    assert failed.stderr == "oops\n" and failed.stdout == ""
+    # --rm: nothing is left.
+    assert json.loads(ok(pulled.cli("ps", "-a", "--output", "json"))) == []
+
+
+def test_run_interactive_reads_stdin(pulled: Daemon) -> None:
+    done = pulled.cli("run", "--rm", "-i", pulled.image, "sh", "-c", "tr a-z A-Z", input="shout\n")
+    assert ok(done) == "SHOUT\n"
+
+
+def test_detached_container_lifecycle(pulled: Daemon) -> None:
+    name = "web"
+    assert ok(pulled.cli("run", "-d", "--name", name, "--memory", str(64 * 1024 * 1024), pulled.image, "sh", "-c",
+                         "echo started; exec sleep 1000")).strip() == name
+    try:
+        listed = json.loads(ok(pulled.cli("ps", "--output", "json")))
+        assert [(c["id"], c["task"]["status"]) for c in listed] == [(name, "running")]
+        table = ok(pulled.cli("ps")).splitlines()
+        assert table[0].split()[:3] == ["CONTAINER", "ID", "IMAGE"]
+        assert table[1].split()[:3] == [name, pulled.image, '"sh'], table
+        assert "Up " in table[1]
+        assert ok(pulled.cli("exec", name, "sh", "-c", "echo in-$((40+2))")) == "in-42\n"
+        assert pulled.cli("exec", name, "sh", "-c", "exit 7").returncode == 7
+        assert ok(pulled.cli("logs", name)) == "started\n"
+        # --memory: the task's cgroup limit, as the monitor reads it.
+        deadline = time.monotonic() + 5
+        while not (stats := json.loads(ok(pulled.cli("stats", "-o", "json", name)))):
+            assert time.monotonic() < deadline, "no metrics for the task"
+        assert stats[0]["memory_limit_bytes"] == 64 * 1024 * 1024
+        inspected = json.loads(ok(pulled.cli("inspect", name)))
+        assert inspected[0]["id"] == name and inspected[0]["task"]["status"] == "running"
+        # A running container is not deleted without -f: the daemon's detail, one line.
+        refused = pulled.cli("rm", name)
+        assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert "(409)" in refused.stderr
+        started = time.monotonic()
+        # sleep, as pid 1, ignores SIGTERM: SIGKILL comes after -t.
+        assert ok(pulled.cli("stop", "-t", "1", name)).strip() == name
+        assert 1 <= time.monotonic() - started < 10
+        assert json.loads(ok(pulled.cli("ps", "--output", "json"))) == []
+        assert [c["id"] for c in json.loads(ok(pulled.cli("ps", "-a", "--output", "json")))] == [name]
+    finally:
+        pulled.cli("rm", "-f", name)
+    assert json.loads(ok(pulled.cli("ps", "-a", "--output", "json"))) == []
+
+
+def test_images_lists_the_pulled_image(pulled: Daemon) -> None:
+    images = json.loads(ok(pulled.cli("images", "--output", "json")))
+    assert [image["name"] for image in images] == [pulled.image]
+    table = ok(pulled.cli("images")).splitlines()
+    assert table[0].split() == ["NAME", "DIGEST", "CREATED", "SIZE"]
+    assert table[1].startswith(pulled.image)
+
+
+def test_unknown_container_prints_the_detail(pulled: Daemon) -> None:
+    for args in (["logs", "nosuch"], ["stop", "nosuch"], ["rm", "nosuch"], ["exec", "nosuch", "true"]):
+        done = pulled.cli(*args)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cargohold: "), (args, done.stderr)
+        assert "nosuch" in lines[0] and "(404)" in lines[0], (args, done.stderr)
+    bad = pulled.cli("run", "--rm", "--name", "bad name", pulled.image, "true")
+    assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    assert "id: Value error, not a valid identifier" in bad.stderr and "'bad name'" in bad.stderr
+    assert json.loads(ok(pulled.cli("ps", "-a", "--output", "json"))) == []
+
+
+def test_published_port_on_a_network_of_its_own(pulled: Daemon) -> None:
+    require_networking()
+    tag = secrets.token_hex(3)
+    network, subnet = f"cli-{tag}", f"10.214.{secrets.randbelow(250) + 1}.0/24"
+    assert ok(pulled.cli("network", "create", "--subnet", subnet, "--bridge", f"chc{tag}", network)).strip() == network
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve = "mkdir -p /www && echo hello-from-cli > /www/index.html && exec httpd -f -p 80 -h /www"
+    try:
+        assert ok(pulled.cli("run", "-d", "-p", f"{port}:80", "--network", network, "--name", "web2", pulled.image,
+                             "sh", "-c", serve)).strip() == "web2"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/", timeout=2, trust_env=False)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the published port never answered"
+                time.sleep(0.1)
+        assert response.text == "hello-from-cli\n"
+        assert f"0.0.0.0:{port}->80/tcp" in ok(pulled.cli("ps"))
+        networks = json.loads(ok(pulled.cli("network", "ls", "--output", "json")))
+        assert {"cargohold", network} <= {n["name"] for n in networks}
+        # In use: the daemon's 409, one line.
+        busy = pulled.cli("network", "rm", network)
+        assert busy.returncode == 1 and "(409)" in busy.stderr and len(busy.stderr.splitlines()) == 1
+    finally:
+        pulled.cli("rm", "-f", "web2")
+        pulled.cli("network", "rm", network)
+    assert network not in {n["name"] for n in json.loads(ok(pulled.cli("network", "ls", "-o", "json")))}
+
+
+class Pane:
+    """A tmux server of the test's own (its socket in a temp dir), one window running a
+    command; read as a person sees it."""
+
+    def __init__(self, socket: Path, command: str) -> None:
+        if shutil.which("tmux") is None:
+            pytest.fail("tmux is missing (make test-packages installs it)")
+        self.socket = socket
+        self.tmux("new-session", "-d", "-s", "client", "-x", "120", "-y", "40", command)
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-S", str(self.socket), "-f", "/dev/null", *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "client")
+
+    def until(self, needle: str, within: float = 20) -> str:
+        deadline = time.monotonic() + within
+        while needle not in (seen := self.screen()):
+            assert time.monotonic() < deadline, f"{needle!r} not on the screen within {within} s:\n{seen}"
+            time.sleep(0.05)
+        return seen
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-S", str(self.socket), "kill-server"], capture_output=True, timeout=10, check=False)
+
+
+def test_run_it_is_an_interactive_shell(pulled: Daemon, tmp_path: Path) -> None:
+    command = (f"env CARGOHOLD_HOST={pulled.host} {CARGOHOLD} run -it --rm --name tty {pulled.image} sh; "
+               f"echo exited-$?; sleep 60")
+    pane = Pane(tmp_path / "tmux", command)
+    try:
+        pane.until("/ #")
+        pane.tmux("send-keys", "-t", "client", "echo $((6*7))", "Enter")
+        assert "\n42" in pane.until("\n42")
+        # The terminal has the pane's size (sent on attach, as a resize).
+        pane.tmux("send-keys", "-t", "client", "stty size", "Enter")
+        pane.until("40 120")
+        pane.tmux("send-keys", "-t", "client", "C-d")
+        pane.until("exited-0")
+    finally:
+        pane.kill()
+    assert json.loads(ok(pulled.cli("ps", "-a", "--output", "json"))) == []
+
+
+def test_exec_it_in_a_running_container(pulled: Daemon, tmp_path: Path) -> None:
+    assert ok(pulled.cli("run", "-d", "--name", "box", pulled.image, "sleep", "1000")).strip() == "box"
+    pane = Pane(tmp_path / "tmux",
+                f"env CARGOHOLD_HOST={pulled.host} {CARGOHOLD} exec -it box sh; echo exited-$?; sleep 60")
+    try:
+        pane.until("/ #")
+        pane.tmux("send-keys", "-t", "client", "echo in-$((6*7)); exit 4", "Enter")
+        screen = pane.until("exited-4")
+        assert "\nin-42" in screen
+    finally:
+        pane.kill()
+        pulled.cli("rm", "-f", "box")
+    assert json.loads(ok(pulled.cli("ps", "-a", "--output", "json"))) == []
+
+
+def test_ctrl_c_on_an_attached_run_stops_the_container(pulled: Daemon) -> None:
+    script = "trap 'echo stopping; exit 5' TERM; echo ready; sleep 1000 & wait"
+    run = subprocess.Popen([str(CARGOHOLD), "run", "--rm", "--name", "interrupted", pulled.image, "sh", "-c", script],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "CARGOHOLD_HOST": pulled.host})
+    try:
+        assert run.stdout is not None
+        assert run.stdout.readline() == "ready\n"
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=20)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    # SIGINT became the container's SIGTERM; its exit status is the command's.
+    assert (run.returncode, out) == (5, "stopping\n"), err
+    assert json.loads(ok(pulled.cli("ps", "-a", "--output", "json"))) == []
+
+
+def test_pull_on_a_terminal_draws_a_bar_per_blob(pulled: Daemon, tmp_path: Path) -> None:
+    pane = Pane(tmp_path / "tmux",
+                f"env CARGOHOLD_HOST={pulled.host} {CARGOHOLD} -n ttypull pull --plain-http {pulled.image}; "
+                "echo exited-$?; sleep 60")
+    try:
+        screen = pane.until("exited-0")
+    finally:
+        pane.kill()
+    bars = [line for line in screen.splitlines() if "━" in line]
+    assert len(bars) == 2, screen  # the config and the one layer
+    assert any("MB" in line for line in bars), screen
+    assert f"pulled {pulled.image}" in screen
