@@ -123,7 +123,6 @@ async def attach_keystrokes(d: Daemon, client: httpx.AsyncClient, count: int) ->
             pending = b""
 
             async def read() -> bytes:
-                nonlocal pending
                 while True:
                     message = await asyncio.wait_for(ws.recv(), 10)
                     assert isinstance(message, bytes)
@@ -173,8 +172,8 @@ async def attach_read(d: Daemon, client: httpx.AsyncClient, size: int) -> tuple[
 
 
 async def w8_attach(d: Daemon, report: Report, quick: bool = False) -> dict[str, dict[str, float]]:
-    """W8 on daemon `d` (busybox imported): returns the keystroke summary (ms) and the
-    throughput (MB/s, as a one-sample summary) for the peers' comparison."""
+    """W8 on daemon `d` (busybox imported): returns the keystroke summary (ms, with p99)
+    and the throughput (MB/s, as a one-sample summary)."""
     count = 50 if quick else 200
     size = CAT_BYTES // 10 if quick else CAT_BYTES
     floor = with_p99(pty_keystrokes(["sh", "-c", RAW_CAT], count))

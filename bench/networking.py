@@ -3,23 +3,31 @@ a network of the bench's own with one published port, alternated run by run with
 without a network, on the same daemon: the difference is CNI ADD (in task create) and
 CNI DEL (in the teardown `wait` answers after), the ratio the price of a published port.
 
-The bench network (`bench-w7`, 10.215.7.0/24, bridge `chb-w7`) is made through the API
-and deleted at the end; then the harness checks the host for what a task of it could
-leave behind: its bridge, the host-side veths its tasks had, iptables rules naming its
-subnet, bridge, host port or the portmap chains its tasks had, its IPAM files.
+Under it, as W1's "runtime path alone": the daemon's NetworkService in the bench process
+attaching and releasing a task (no HTTP, no runc), and under that the CNI plugins alone
+(the chains that service builds, each plugin's exec timed, on a netns of their own).
+
+The bench networks (`bench-w7`, 10.215.7.0/24, bridge `chb-w7`; `bench-w7s`,
+10.215.17.0/24, `chb-w7s`, for the service alone) are deleted at the end; then the harness
+checks the host for what a task of them could leave behind: the bridges, the host-side
+veths the tasks had, iptables rules naming the subnets, bridges, host port or the portmap
+chains the tasks had, the IPAM files; and fails if anything is there.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from app.network.cni import Chain, Invocation
 from bench.run import Daemon, Report, expect, ms, spec, summary
 
 NETWORK = "bench-w7"
@@ -109,22 +117,44 @@ def leftovers(before_links: set[str], seen: dict[str, set[str]], host_port: int,
     return found
 
 
-async def network_path(work: Path, runs: int) -> dict[str, list[float]]:
-    """The network step with no daemon around it: the daemon's NetworkService in this
-    process (as W1's "runtime path alone" drives its Conmon and OCIRuntime) attaching a
-    task to a network of its own and releasing it, `runs` times after a warm-up: ms each.
-    attach: the netns, CNI ADD (the chain, then loopback), the SQLite rows, /etc files;
-    release: CNI DEL (both), the netns unmounted, the rows."""
+class TimedChain(Chain):
+    """The daemon's CNI client, each plugin's exec timed: ms by "<type> <command>"."""
+
+    def __init__(self, chain: Chain, cni_path: Sequence[Path], times: dict[str, list[float]]) -> None:
+        super().__init__(chain.name, chain.plugins, cni_path)
+        self.times = times
+
+    async def _run(self, plugin: dict[str, Any], command: str, where: Invocation,
+                   previous: dict[str, Any] | None) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            return await super()._run(plugin, command, where, previous)
+        finally:
+            self.times.setdefault(f"{plugin['type']} {command}", []).append(ms(time.perf_counter() - started))
+
+
+async def network_path(work: Path, runs: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The network step with no daemon around it (as W1's "runtime path alone"), `runs`
+    times after a warm-up, on a network of its own, ms each:
+    - the daemon's NetworkService in this process attaching a task and releasing it
+      (attach: netns, CNI ADD of the chain and of loopback, the rows, /etc files;
+      release: CNI DEL of both, the netns, the rows);
+    - under it, the CNI plugins alone: the same chains the service builds, run by its CNI
+      client on a netns made and removed by its netns module, each plugin timed.
+    """
     from app.config import Settings
     from app.daemon import open_daemon
     from app.models import ContainerNetwork, NetworkCreate, PortMapping
+    from app.network import netns
+    from app.network.service import CONTAINER_IFNAME
 
-    network, bridge = "bench-w7s", "chb-w7s"
+    network, bridge, subnet = "bench-w7s", "chb-w7s", "10.215.17.0/24"
     settings = Settings(root=work / "root", state=work / "state")
     spec = ContainerNetwork(name=network, ports=[PortMapping(host_port=free_port(), container_port=CONTAINER_PORT)])
-    steps: dict[str, list[float]] = {"attach": [], "release": []}
+    service: dict[str, list[float]] = {"attach": [], "release": []}
+    plugins: dict[str, list[float]] = {}
     async with open_daemon(settings) as inproc:
-        await inproc.networks.create(NetworkCreate(name=network, subnet="10.215.17.0/24", bridge=bridge))
+        made = await inproc.networks.create(NetworkCreate(name=network, subnet=subnet, bridge=bridge))
         try:
             for index in range(runs + WARM_UP):
                 etc = work / "etc" / str(index)
@@ -135,13 +165,40 @@ async def network_path(work: Path, runs: int) -> dict[str, list[float]]:
                 await inproc.networks.release("default", f"w7s-{index}")
                 t2 = time.perf_counter()
                 if index >= WARM_UP:
-                    steps["attach"].append(ms(t1 - t0))
-                    steps["release"].append(ms(t2 - t1))
+                    service["attach"].append(ms(t1 - t0))
+                    service["release"].append(ms(t2 - t1))
+            for index in range(runs + WARM_UP):
+                times: dict[str, list[float]] = {}
+                chain = TimedChain(inproc.networks._chain(made, spec.ports), settings.cni_path, times)
+                loopback = TimedChain(inproc.networks._loopback(), settings.cni_path, times)
+                path = work / "netns" / f"floor{index}"
+                where = Invocation(f"w7floor-{index}-{os.getpid()}", str(path), CONTAINER_IFNAME)
+                t0 = time.perf_counter()
+                await netns.create(path)
+                times["netns create"] = [ms(time.perf_counter() - t0)]
+                result: dict[str, Any] | None = None
+                try:
+                    result = await chain.add(where)
+                    await loopback.add(Invocation(where.container_id, str(path), "lo"))
+                finally:
+                    failed = await chain.delete(where, result)
+                    failed += await loopback.delete(Invocation(where.container_id, str(path), "lo"), None)
+                    t0 = time.perf_counter()
+                    netns.remove(path)
+                    times["netns remove"] = [ms(time.perf_counter() - t0)]
+                if failed:
+                    raise RuntimeError(f"CNI DEL failed: {[error.describe() for error in failed]}")
+                if index >= WARM_UP:
+                    for step, spent in times.items():
+                        plugins.setdefault(step, []).append(sum(spent))
         finally:
             await inproc.networks.delete(network)
-    if bridge in links():
-        raise RuntimeError(f"bridge {bridge} is still there")
-    return steps
+    left = [f"bridge {bridge}"] if bridge in links() else []
+    left += [f"iptables: {line}" for line in iptables_rules() if subnet in line or bridge in line]
+    left += [f"netns {path}" for path in (work / "netns").glob("*")]
+    if left:
+        raise RuntimeError(f"W7's network step alone left on the host: {left}")
+    return service, plugins
 
 
 async def w7_networking(d: Daemon, runs: int, report: Report) -> dict[str, float]:
@@ -181,14 +238,19 @@ async def w7_networking(d: Daemon, runs: int, report: Report) -> dict[str, float
                None, f"ratio {with_net['p50'] / without['p50']:.2f}x; ADD in create "
                f"{summary(networked['task create'])['p50'] - summary(plain['task create'])['p50']:.1f} ms, "
                f"DEL before wait answers {summary(networked['wait'])['p50'] - summary(plain['wait'])['p50']:.1f} ms")
-    path = await network_path(d.state.parent / "w7-network-path", runs)
+    service, plugins = await network_path(d.state.parent / "w7-network-path", runs)
     report.add("W7", "network step alone (no HTTP, no runc): attach + release", "ms",
-               summary([a + r for a, r in zip(path["attach"], path["release"], strict=True)]), None,
-               "the daemon's NetworkService in the bench process; the rows below split it")
-    report.add("W7", "  attach: netns, CNI ADD (chain, loopback), rows, /etc files", "ms", summary(path["attach"]),
-               summary(networked["task create"]), "floor column: W7's task create")
-    report.add("W7", "  release: CNI DEL (chain, loopback), netns, rows", "ms", summary(path["release"]),
-               summary(networked["wait"]), "floor column: W7's wait")
-    report.add("W7", "  left on the host after the network went", "items", 0, None,
-               f"bridge, {len(seen['veths'])} veths and {len(seen['chains'])} portmap chains seen, iptables, IPAM")
+               summary([a + r for a, r in zip(service["attach"], service["release"], strict=True)]), None,
+               f"the daemon's NetworkService in the bench process; W7's p50 difference: "
+               f"{with_net['p50'] - without['p50']:.1f}")
+    for step in ("attach", "release"):
+        report.add("W7", f"  {step}", "ms", summary(service[step]))
+    report.add("W7", "CNI plugins alone: netns, ADD + DEL of the chain and loopback", "ms",
+               summary([sum(run) for run in zip(*plugins.values(), strict=True)]), None,
+               "the service's chains and netns module, no rows; each plugin's exec timed below")
+    for step, samples in plugins.items():
+        report.add("W7", f"  {step}", "ms", summary(samples))
+    report.add("W7", "left on the host after the networks went", "items", 0, None,
+               f"checked: bridges, the {len(seen['veths'])} veths and {len(seen['chains'])} portmap chains seen "
+               "(warm-up runs), iptables, IPAM, netns")
     return with_net

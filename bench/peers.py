@@ -15,10 +15,13 @@ images. Cargohold's pulls are bench/run.py's W6; containerd's are `ctr images pu
 --plain-http` into overlayfs, with `ctr images rm --sync` (the image, then a synchronous
 GC) between runs so that each downloads and unpacks everything again.
 
+W7 (networking a task) and W8 (attach) run through Cargohold here and through Podman,
+daemonless on private paths, in bench/podman.py.
+
 The table is printed and written to bench/results-peers.json. Shared, noisy machines:
 read the ratios.
 
-    python -m bench.peers [--runs 50] [--only W1,W3,W5,W6] [--quick] [--pulls 7]
+    python -m bench.peers [--runs 50] [--only W1,W3,W5,W6,W7,W8] [--quick] [--pulls 7]
 """
 
 from __future__ import annotations
