@@ -16,12 +16,13 @@ images. Cargohold's pulls are bench/run.py's W6; containerd's are `ctr images pu
 GC) between runs so that each downloads and unpacks everything again.
 
 W7 (networking a task) and W8 (attach) run through Cargohold here and through Podman,
-daemonless on private paths, in bench/podman.py.
+daemonless on private paths, in bench/podman.py. W9 (the `cargohold` CLI's `run --rm`
+beside `ctr run --rm` and `podman run --rm`) is bench/client.py.
 
 The table is printed and written to bench/results-peers.json. Shared, noisy machines:
 read the ratios.
 
-    python -m bench.peers [--runs 50] [--only W1,W3,W5,W6,W7,W8] [--quick] [--pulls 7]
+    python -m bench.peers [--runs 50] [--only W1,W3,W5,W6,W7,W8,W9] [--quick] [--pulls 7]
 """
 
 from __future__ import annotations
@@ -707,7 +708,7 @@ def tool_version(*argv: str) -> str:
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50, help="W1 runs (W3 runs 10, 3 with --quick)")
-    parser.add_argument("--only", default="W1,W3,W5,W6,W7,W8")
+    parser.add_argument("--only", default="W1,W3,W5,W6,W7,W8,W9")
     parser.add_argument("--quick", action="store_true", help="fewer W3 runs and a 10 MiB W6 image, for a smoke run")
     parser.add_argument("--pulls", type=int, default=7, help="W6's cold pulls (3 with --quick)")
     args = parser.parse_args(argv)
@@ -719,8 +720,8 @@ async def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"bench-peers needs {binary}: `make bench-peers` installs it (as root)")
     if "W6" in chosen and (missing := missing_tools()):
         raise SystemExit(f"W6 needs {', '.join(missing)}: `make bench-peers` installs them (as root)")
-    if chosen & {"W7", "W8"} and shutil.which("podman") is None:
-        raise SystemExit("W7 and W8 need podman: `make bench-peers` installs it (as root)")
+    if chosen & {"W7", "W8", "W9"} and shutil.which("podman") is None:
+        raise SystemExit("W7, W8 and W9 need podman: `make bench-peers` installs it (as root)")
     oom_runs = 3 if args.quick else 10
     load_before = os.getloadavg()[0]
     report = Report()
@@ -762,7 +763,12 @@ async def main(argv: list[str] | None = None) -> int:
 
                 await w8_attach(d, report, args.quick)
 
-            workloads |= {"W7": w7, "W8": w8}
+            async def w9() -> None:  # bench/client.py: the CLI beside ctr and podman, all three in there
+                from bench.client import w9_client
+
+                await w9_client(d, work, tar, args.runs, report)
+
+            workloads |= {"W7": w7, "W8": w8, "W9": w9}
             for workload, run in workloads.items():
                 if workload in chosen:
                     since = len(report.rows)
@@ -801,7 +807,7 @@ async def main(argv: list[str] | None = None) -> int:
             print(f"left {work} in place for its logs (d/daemon.log, containerd/containerd.log)", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    order = {"W1": 1, "W3": 3, "W5": 5, "W6": 6, "W7": 7, "W8": 8}
+    order = {"W1": 1, "W3": 3, "W5": 5, "W6": 6, "W7": 7, "W8": 8, "W9": 9}
     report.rows.sort(key=lambda row: order.get(row["workload"], 9))  # stable: each workload's rows together
     report.print()
     versions["runc"] = tool_version("runc", "--version")

@@ -80,7 +80,7 @@ class Endpoint:
 
     @property
     def ws_base_url(self) -> str:
-        return ("wss" if self.base_url.startswith("https") else "ws") + self.base_url.split(":", 1)[1]
+        return ("wss" if self.base_url.startswith("https") else "ws") + ":" + self.base_url.split(":", 1)[1]
 
 
 def read_token(token_file: Path | None, token: str | None) -> str | None:

@@ -25,9 +25,11 @@ from rich.table import Table
 
 from .. import __version__
 from ..models import (
+    Container,
     ContainerCreate,
     ContainerNetwork,
     ExecCreate,
+    Exit,
     ImagePull,
     ImagePush,
     LogLine,
@@ -324,9 +326,23 @@ def attach(
 # --- containers and tasks -----------------------------------------------------------------
 
 
-def _status(task: Task | None) -> str:
+# A container's last exit is asked for when it has no task: no task means no wait to block on,
+# but a task created meanwhile would make the wait a long poll; this bounds it.
+LAST_EXIT_SECONDS = 2.0
+
+
+def _last_exit(client: Client, container: Container) -> Exit | None:
+    """The recorded exit of the container's last task (exit means delete), None if it never
+    ran. Exits are kept by id: one from before the container was (re)created is not its own."""
+    with suppress(ClientError):
+        last = client.wait(container.id, timeout=LAST_EXIT_SECONDS)
+        return last if last.exited_at >= container.created_at else None
+    return None
+
+
+def _status(task: Task | None, last: Exit | None = None) -> str:
     if task is None:
-        return "Exited"
+        return f"Exited ({last.exit_status}) {_ago(last.exited_at)}" if last is not None else "Created"
     if task.status == "running" and task.started_at is not None:
         return f"Up {_ago(task.started_at).removesuffix(' ago')}"
     return task.status.value.capitalize()
@@ -346,9 +362,16 @@ def ps(
     client = _state(ctx)
     tasks = {task.id: task for task in client.tasks()}
     containers = [c for c in client.containers() if all_ or c.id in tasks]
+    exits = {c.id: _last_exit(client, c) for c in containers if c.id not in tasks}
     if output == "json":
-        _print_json([{**c.model_dump(mode="json"),
-                      "task": tasks[c.id].model_dump(mode="json") if c.id in tasks else None} for c in containers])
+        listed: list[dict[str, Any]] = []
+        for c in containers:
+            task = tasks[c.id].model_dump(mode="json") if c.id in tasks else None
+            entry = {**c.model_dump(mode="json"), "task": task}
+            if (last := exits.get(c.id)) is not None:
+                entry["exit"] = last.model_dump(mode="json")  # its last task's, as `wait` reports it
+            listed.append(entry)
+        _print_json(listed)
         return
     table = _table("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS")
     for container in containers:
@@ -357,7 +380,7 @@ def ps(
         ports = ", ".join(f"{p.host_ip or '0.0.0.0'}:{p.host_port}->{p.container_port}/{p.protocol.value}"
                           for p in (container.network.ports if container.network else []))
         table.add_row(container.id, container.image, json.dumps(command[:40]), _ago(container.created_at),
-                      _status(tasks.get(container.id)), ports)
+                      _status(tasks.get(container.id), exits.get(container.id)), ports)
     _print(table)
 
 
@@ -371,9 +394,13 @@ def inspect(ctx: typer.Context, names: Annotated[list[str], typer.Argument(help=
     found: list[Any] = []
     for name in names:
         try:
-            document: dict[str, Any] = client.container(name).model_dump(mode="json")
-            with suppress(ClientError):
+            container = client.container(name)
+            document: dict[str, Any] = container.model_dump(mode="json")
+            try:
                 document["task"] = client.task(name).model_dump(mode="json")
+            except ClientError:
+                if (last := _last_exit(client, container)) is not None:
+                    document["exit"] = last.model_dump(mode="json")  # its last task's, as `wait` reports it
         except ClientError as error:
             if error.status not in (400, 404):
                 raise

@@ -1,5 +1,6 @@
-"""Fixtures for the client tests: one real daemon (`cargohold serve`, a subprocess) and one
-registry holding busybox per test module, and `cargohold` itself run as a subprocess."""
+"""Fixtures for the client tests: one real daemon (`cargohold serve`, a subprocess, on a unix
+socket and on 127.0.0.1 TCP with a bearer token) and one registry holding busybox per test
+module, and `cargohold` itself run as a subprocess."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.api.served import free_port
 from tests.conftest import BASE_URL
 from tests.images.conftest import REPOSITORY, Registry, oci_layout, running_registry
 from tests.runtime.conftest import require_runtime
@@ -22,14 +24,17 @@ from tests.runtime.daemon import CARGOHOLD, DaemonProcess, scrub
 __all__ = ["oci_layout"]  # a fixture, re-exported for this folder's tests
 
 READY_SECONDS = 30.0
+TOKEN = "a-client-token-of-32-characters!"  # the TCP listener's (at least 16 characters)
 
 
 @dataclass(frozen=True)
 class Daemon:
-    """A running `cargohold serve` and the busybox reference its registry serves."""
+    """A running `cargohold serve`, the busybox reference its registry serves, and its TCP
+    listener (127.0.0.1:`tcp_port`, bearer token TOKEN)."""
 
     process: DaemonProcess
     image: str
+    tcp_port: int
 
     @property
     def host(self) -> str:
@@ -56,10 +61,14 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, client_registry: Registry) 
     require_runtime()
     process = DaemonProcess(tmp_path_factory.mktemp("client-daemon"))
     process.base.mkdir(parents=True, exist_ok=True)
+    token_file = process.base / "token"
+    token_file.write_text(TOKEN + "\n")
+    tcp_port = free_port()
     with open(process.log, "wb") as log:
         popen = subprocess.Popen(
             [str(CARGOHOLD), "serve", "--root", str(process.root), "--state", str(process.state),
-             "--listen", f"unix://{process.socket}", "--log-level", "info"],
+             "--listen", f"unix://{process.socket}", "--listen", f"tcp://127.0.0.1:{tcp_port}",
+             "--token-file", str(token_file), "--log-level", "info"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + READY_SECONDS
@@ -77,7 +86,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, client_registry: Registry) 
                 if time.monotonic() > deadline:
                     raise AssertionError(f"the daemon did not answer within {READY_SECONDS} s:\n{process.logs()}")
                 time.sleep(0.05)
-        yield Daemon(process, f"{client_registry.host}/{REPOSITORY}:latest")
+        yield Daemon(process, f"{client_registry.host}/{REPOSITORY}:latest", tcp_port)
     finally:
         if popen.poll() is None:
             os.kill(popen.pid, signal.SIGTERM)

@@ -11,14 +11,17 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from app.client.entry import main
-from tests.client.conftest import Daemon
+from tests.client.conftest import TOKEN, Daemon
+from tests.conftest import BASE_URL
 from tests.runtime.daemon import CARGOHOLD
 from tests.runtime.test_networks import require_networking
 
@@ -109,10 +112,7 @@ def test_detached_container_lifecycle(pulled: Daemon) -> None:
         assert pulled.cli("exec", name, "sh", "-c", "exit 7").returncode == 7
         assert ok(pulled.cli("logs", name)) == "started\n"
         # --memory: the task's cgroup limit, as the monitor reads it.
-        deadline = time.monotonic() + 5
-        while not (stats := json.loads(ok(pulled.cli("stats", "-o", "json", name)))):
-            assert time.monotonic() < deadline, "no metrics for the task"
-        assert stats[0]["memory_limit_bytes"] == 64 * 1024 * 1024
+        assert limited_stats(pulled, name)[0]["memory_limit_bytes"] == 64 * 1024 * 1024
         inspected = json.loads(ok(pulled.cli("inspect", name)))
         assert inspected[0]["id"] == name and inspected[0]["task"]["status"] == "running"
         # A running container is not deleted without -f: the daemon's detail, one line.
@@ -276,3 +276,138 @@ def test_pull_on_a_terminal_draws_a_bar_per_blob(pulled: Daemon, tmp_path: Path)
     assert len(bars) == 2, screen  # the config and the one layer
     assert any("MB" in line for line in bars), screen
     assert f"pulled {pulled.image}" in screen
+
+
+# --- images: push and pull back, export and import ------------------------------------------
+
+
+def test_push_to_a_repository_of_its_own_and_pull_it_back(pulled: Daemon) -> None:
+    registry = pulled.image.split("/")[0]
+    target = f"{registry}/client-push/busybox:v1"
+    pushed = ok(pulled.cli("push", "--plain-http", pulled.image, target)).splitlines()
+    # Every blob reached the new repository (uploaded or mounted from busybox's), then the manifest.
+    assert [line.split(": ")[1] for line in pushed[:-1]] in (["pushed", "pushed"], ["mounted", "mounted"]), pushed
+    assert pushed[-1].startswith(f"{target}: digest sha256:"), pushed
+    digest = pushed[-1].split()[2]
+    source = {i["name"]: i["target"]["digest"] for i in json.loads(ok(pulled.cli("images", "-o", "json")))}
+    assert source == {pulled.image: digest}, "the same manifest, pushed as it was pulled"
+    try:
+        out = ok(pulled.cli("pull", "--plain-http", target)).splitlines()
+        assert out[0] == f"resolved {target} -> {digest}" and out[-1] == f"pulled {target} ({digest})", out
+        listed = {i["name"]: i["target"]["digest"] for i in json.loads(ok(pulled.cli("images", "-o", "json")))}
+        assert listed == {pulled.image: digest, target: digest}
+    finally:
+        pulled.cli("rmi", target)
+    assert [i["name"] for i in json.loads(ok(pulled.cli("images", "-o", "json")))] == [pulled.image]
+
+
+def test_export_rmi_import_brings_the_image_back(pulled: Daemon, tmp_path: Path) -> None:
+    before = json.loads(ok(pulled.cli("images", "-o", "json")))
+    archive = tmp_path / "busybox.tar"
+    assert ok(pulled.cli("export", "-o", str(archive), pulled.image)) == ""
+    assert tarfile.is_tarfile(archive)
+    with tarfile.open(archive) as tar:
+        assert {"oci-layout", "index.json"} <= set(tar.getnames())
+    assert ok(pulled.cli("rmi", pulled.image)) == f"Untagged: {pulled.image}\n"
+    assert json.loads(ok(pulled.cli("images", "-o", "json"))) == []
+    # Gone: the daemon's 404 on the next rmi, one line.
+    again = pulled.cli("rmi", pulled.image)
+    assert again.returncode == 1 and "(404)" in again.stderr and len(again.stderr.splitlines()) == 1
+    digest = before[0]["target"]["digest"]
+    assert ok(pulled.cli("import", str(archive))) == f"imported {pulled.image} ({digest})\n"
+    after = json.loads(ok(pulled.cli("images", "-o", "json")))
+    assert [(i["name"], i["target"]["digest"]) for i in after] == [(pulled.image, digest)]
+    assert pulled.image in ok(pulled.cli("images"))
+    assert ok(pulled.cli("run", "--rm", pulled.image, "echo", "back")) == "back\n"
+
+
+# --- kill, attach, stats ------------------------------------------------------------------
+
+
+def test_kill_a_detached_container_and_its_exit_status(pulled: Daemon) -> None:
+    ok(pulled.cli("run", "-d", "--name", "killed", pulled.image, "sleep", "1000"))
+    try:
+        assert ok(pulled.cli("kill", "killed")) == "killed\n"
+        # Exit means delete: the task goes; what inspect and ps -a show is its recorded exit.
+        deadline = time.monotonic() + 10
+        while "task" in (inspected := json.loads(ok(pulled.cli("inspect", "killed")))[0]):
+            assert time.monotonic() < deadline, inspected
+            time.sleep(0.1)
+        assert inspected["exit"]["exit_status"] == 128 + signal.SIGKILL
+        assert json.loads(ok(pulled.cli("ps", "-o", "json"))) == []
+        listed = json.loads(ok(pulled.cli("ps", "-a", "-o", "json")))
+        assert [(c["id"], c["task"], c["exit"]["exit_status"]) for c in listed] == [("killed", None, 137)]
+        row = ok(pulled.cli("ps", "-a")).splitlines()[1]
+        assert row.startswith("killed") and "Exited (137) " in row, row
+        # Killing what is no longer running: the daemon's refusal, one line, status 1.
+        late = pulled.cli("kill", "killed")
+        assert late.returncode == 1 and len(late.stderr.splitlines()) == 1 and "killed" in late.stderr, late.stderr
+        # A container made again under the id has not run: the old exit is not its own.
+        assert ok(pulled.cli("rm", "killed")) == "killed\n"
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(pulled.process.socket)), base_url=BASE_URL) as http:
+            assert http.post("/containers", json={"id": "killed", "image": pulled.image}).status_code == 201
+        assert "exit" not in json.loads(ok(pulled.cli("inspect", "killed")))[0]
+        row = ok(pulled.cli("ps", "-a")).splitlines()[1]
+        assert row.startswith("killed") and "Created" in row and "Exited" not in row, row
+    finally:
+        pulled.cli("rm", "-f", "killed")
+    assert json.loads(ok(pulled.cli("ps", "-a", "-o", "json"))) == []
+
+
+def test_attach_to_a_detached_cat_with_piped_stdin(pulled: Daemon) -> None:
+    ok(pulled.cli("run", "-d", "-i", "--name", "cat", pulled.image, "cat"))
+    try:
+        # Our stdin reaches cat; its EOF closes cat's stdin, cat exits 0, and so does attach.
+        done = pulled.cli("attach", "cat", input="first\nsecond\n", timeout=30)
+        assert (done.returncode, done.stdout) == (0, "first\nsecond\n"), done.stderr
+        assert json.loads(ok(pulled.cli("inspect", "cat")))[0]["exit"]["exit_status"] == 0
+    finally:
+        pulled.cli("rm", "-f", "cat")
+
+
+def limited_stats(daemon: Daemon, name: str, *flags: str) -> list[dict[str, Any]]:
+    """`stats --output json NAME` once the monitor has a reading with a memory limit: it reads
+    once a second, and its first reading may predate the limit (`run -m` sets it by PATCH)."""
+    deadline = time.monotonic() + 5
+    while True:
+        stats: list[dict[str, Any]] = json.loads(ok(daemon.cli("stats", *flags, "--output", "json", name)))
+        if stats and stats[0]["memory_limit_bytes"] is not None:
+            return stats
+        assert time.monotonic() < deadline, f"no reading with a memory limit for {name}: {stats}"
+        time.sleep(0.2)
+
+
+def test_stats_no_stream_json_has_the_tasks_memory(pulled: Daemon) -> None:
+    ok(pulled.cli("run", "-d", "--name", "measured", "--memory", str(32 * 1024 * 1024), pulled.image,
+                  "sleep", "1000"))
+    try:
+        stats = limited_stats(pulled, "measured", "--no-stream")
+        assert [s["container_id"] for s in stats] == ["measured"]
+        assert stats[0]["memory_limit_bytes"] == 32 * 1024 * 1024
+        assert 0 < stats[0]["memory_usage_bytes"] < 32 * 1024 * 1024
+        assert stats[0]["pids_current"] == 1
+    finally:
+        pulled.cli("rm", "-f", "measured")
+
+
+# --- a daemon over TCP with a bearer token -----------------------------------------------------
+
+
+def test_tcp_host_with_the_token_and_with_a_wrong_one(pulled: Daemon) -> None:
+    host = f"tcp://127.0.0.1:{pulled.tcp_port}"
+    good = pulled.cli("--host", host, "run", "--rm", pulled.image, "echo", "over-tcp", env={"CARGOHOLD_TOKEN": TOKEN})
+    assert ok(good) == "over-tcp\n"
+    assert [i["name"] for i in json.loads(ok(pulled.cli("--host", host, "images", "-o", "json",
+                                                        env={"CARGOHOLD_TOKEN": TOKEN})))] == [pulled.image]
+    bare = {k: v for k, v in os.environ.items() if k not in ("CARGOHOLD_HOST", "CARGOHOLD_TOKEN")}
+    for token, detail in (("a-wrong-token-of-32-characters!!", "wrong bearer token"),
+                          (None, "needs 'Authorization: Bearer <token>' over TCP")):
+        refused = subprocess.run([str(CARGOHOLD), "--host", host, "run", "--name", "intruder", pulled.image, "true"],
+                                 capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                                 env={**bare, **({"CARGOHOLD_TOKEN": token} if token else {})})
+        assert (refused.returncode, refused.stdout) == (1, ""), (token, refused.stderr)
+        lines = refused.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cargohold: ") and "(401)" in lines[0], refused.stderr
+        assert detail in lines[0], refused.stderr
+    # Refused changes nothing.
+    assert json.loads(ok(pulled.cli("ps", "-a", "-o", "json"))) == []
