@@ -15,6 +15,8 @@ import asyncio
 import inspect
 import itertools
 import os
+import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -236,3 +238,16 @@ async def live_client(settings: Settings, uds_server: uvicorn.Server) -> AsyncIt
     """A client of a real uvicorn on a unix socket."""
     async with uds_client(settings, timeout=30) as client:
         yield client
+
+
+def stop_process(process: subprocess.Popen[Any], within: float = 10.0) -> None:
+    """SIGTERM by pid, then SIGKILL if it is still there after `within` seconds (for the
+    registries and daemons tests start as plain subprocesses)."""
+    if process.poll() is not None:
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(within)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()

@@ -5,7 +5,6 @@ module, and `cargohold` itself run as a subprocess."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from tests.api.served import free_port
-from tests.conftest import BASE_URL
+from tests.conftest import BASE_URL, stop_process
 from tests.images.conftest import REPOSITORY, Registry, oci_layout, running_registry
 from tests.runtime.conftest import require_runtime
 from tests.runtime.daemon import CARGOHOLD, DaemonProcess, scrub
@@ -88,11 +87,5 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, client_registry: Registry) 
                 time.sleep(0.05)
         yield Daemon(process, f"{client_registry.host}/{REPOSITORY}:latest", tcp_port)
     finally:
-        if popen.poll() is None:
-            os.kill(popen.pid, signal.SIGTERM)
-            try:
-                popen.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(popen.pid, signal.SIGKILL)
-                popen.wait()
+        stop_process(popen, 20)
         scrub(process)

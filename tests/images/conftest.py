@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -51,7 +50,7 @@ from app.images.descriptors import (
 )
 from app.models import Mount
 from app.snapshots.mounts import mount_all, unmount
-from tests.conftest import in_process_client
+from tests.conftest import in_process_client, stop_process
 from tests.rootfs import write_busybox_tar
 
 REQUIRED = ("docker-registry", "skopeo", "umoci", "htpasswd", "busybox")
@@ -414,13 +413,7 @@ def running_registry(directory: Path, auth: str | None = None, pki: Pki | None =
             time.sleep(0.05)
         yield registry
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process(process)
         log.close()
 
 

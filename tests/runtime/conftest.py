@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,14 +56,21 @@ def runtime_settings(tmp_path: Path) -> Iterator[Settings]:
     assert left == {}, f"the test left these behind: {left}"
 
 
-@pytest.fixture
-async def runtime_client(runtime_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of a real daemon on a unix socket; its tasks are deleted afterwards."""
-    async with running_server(runtime_settings), uds_client(runtime_settings, timeout=60) as client:
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a real daemon on `settings`' unix socket; its tasks are deleted afterwards."""
+    async with running_server(settings), uds_client(settings, timeout=60) as client:
         try:
             yield client
         finally:
             await delete_all_tasks(client)
+
+
+@pytest.fixture
+async def runtime_client(runtime_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a real daemon on a unix socket; its tasks are deleted afterwards."""
+    async with serving(runtime_settings) as client:
+        yield client
 
 
 async def delete_all_tasks(client: httpx.AsyncClient) -> None:

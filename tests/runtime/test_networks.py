@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Listener, Settings
-from tests.conftest import leftovers, running_server, uds_client, wait_for
-from tests.runtime.conftest import delete_all_tasks, import_busybox, make_container, require_runtime
+from tests.conftest import leftovers, wait_for
+from tests.runtime.conftest import delete_all_tasks, import_busybox, make_container, require_runtime, serving
 from tests.runtime.daemon import daemon_in
 from tests.runtime.tasks import LONG, gone, log_lines, no_tasks, problem, run_task, texts, wait_exit
 
@@ -120,15 +120,6 @@ def network_state(state: Path) -> dict[str, Any]:
 
 
 # --- fixtures -----------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_server(settings), uds_client(settings, timeout=60) as client:
-        try:
-            yield client
-        finally:
-            await delete_all_tasks(client)
 
 
 @pytest.fixture

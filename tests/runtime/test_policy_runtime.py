@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ import pytest
 from app import policy
 from app.config import Settings
 from app.runtime.defaults import DEFAULT_CAPABILITIES, DEFAULT_MOUNTS
-from tests.conftest import leftovers, running_server, uds_client
-from tests.runtime.conftest import delete_all_tasks, import_busybox, make_container, settings_with
+from tests.conftest import leftovers
+from tests.runtime.conftest import import_busybox, make_container, serving, settings_with
 from tests.runtime.tasks import SERVE, create, gone, log_lines, problem, ready, texts, topics, wait_exec, wait_exit
 
 pytestmark = [pytest.mark.anyio, pytest.mark.runtime]
@@ -35,15 +34,6 @@ LABEL = "cargohold.policy"
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 SYS_ADMIN = {kind: [*DEFAULT_CAPABILITIES, "CAP_SYS_ADMIN"] for kind in ("bounding", "effective", "permitted")}
 CAP_SYS_ADMIN_BIT = 1 << 21
-
-
-@asynccontextmanager
-async def daemon(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_server(settings), uds_client(settings, timeout=60) as client:
-        try:
-            yield client
-        finally:
-            await delete_all_tasks(client)
 
 
 @pytest.fixture
@@ -59,7 +49,7 @@ async def api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A daemon with --allow-bind <tmp>/allowed; busybox imported in the test's namespace,
     which holds no label yet."""
-    async with daemon(settings_with(runtime_settings, allowed_bind_roots=(allowed,))) as client:
+    async with serving(settings_with(runtime_settings, allowed_bind_roots=(allowed,))) as client:
         await import_busybox(client, busybox_tar, ns_headers)
         yield client
 
@@ -253,7 +243,7 @@ class TestProfileFile:
         ns_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         monkeypatch.setattr(policy, "DEFAULT_PROFILE_PATH", tmp_path / "not-installed.json")
-        async with daemon(runtime_settings) as client:
+        async with serving(runtime_settings) as client:
             await import_busybox(client, busybox_tar, ns_headers)
             await make_container(client, ns_headers, "web", ["true"])  # the metadata API keeps working
             response = await client.post("/tasks", json={"container_id": "web"}, headers=ns_headers)
@@ -268,7 +258,7 @@ class TestProfileFile:
         profile = tmp_path / "profile.json"
         profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
             {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}))
-        async with daemon(settings_with(runtime_settings, seccomp_profile=profile)) as client:
+        async with serving(settings_with(runtime_settings, seccomp_profile=profile)) as client:
             await import_busybox(client, busybox_tar, ns_headers)
             _, output = await run_to_exit(client, ns_headers, "probe", "mkdir /tmp/new; echo status=$?")
         # stderr and stdout reach the log through two pipes: their order between them is not kept.
