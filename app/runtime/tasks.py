@@ -41,7 +41,7 @@ from ..store.containers import ContainerStore
 from ..store.tasks import TaskRecord, TaskStore, has_task, task_not_found
 from ..topics import Topic
 from .bundle import runtime_id, task_config
-from .cgroups import frozen
+from .cgroups import frozen, remove_cgroup
 from .conmon import Conmon, Stdio, read_stdio, write_stdio
 from .create import BundleStep, CreateContext, CreateStep, LogStep, RootfsStep, ShimStep, TaskDirStep, run_steps
 from .defaults import with_defaults
@@ -429,9 +429,13 @@ class TaskService:
         await self._recovery.recover()
 
     async def close(self) -> None:
-        """Stop watching (the tasks keep running; the next daemon re-adopts them)."""
+        """Stop watching (the tasks keep running; the next daemon re-adopts them). This
+        daemon's cgroup parent goes if no task is left under it (rmdir fails while one is)."""
         self._live.close()
         await self._exits.close()
+        parent = self._live.cgroup_parent
+        async with self._live.cgroup_lock:
+            await asyncio.to_thread(remove_cgroup, parent, parent)
 
     # --- helpers ----------------------------------------------------------------------
 
