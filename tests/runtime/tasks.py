@@ -184,16 +184,31 @@ async def no_tasks(client: httpx.AsyncClient, headers: dict[str, str]) -> bool:
 # --- exec processes and logs -------------------------------------------------------------
 
 
+def exec_body(exec_id: str, args: list[str], **process: Any) -> dict[str, Any]:
+    return {"exec_id": exec_id, "process": {"args": args, **process}}
+
+
+async def add_exec(
+    client: httpx.AsyncClient, headers: dict[str, str], task_id: str, exec_id: str, args: list[str]
+) -> dict[str, Any]:
+    response = await client.post(f"/tasks/{task_id}/processes", json=exec_body(exec_id, args), headers=headers)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def start_exec(client: httpx.AsyncClient, headers: dict[str, str], task_id: str, exec_id: str) -> dict[str, Any]:
+    response = await client.post(f"/tasks/{task_id}/processes/{exec_id}/start", headers=headers)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
 async def run_exec(client: httpx.AsyncClient, headers: dict[str, str], task_id: str, exec_id: str,
                    args: list[str]) -> dict[str, Any]:
     """Add exec process `exec_id` running `args` to the task and start it; the started process."""
-    added = await client.post(f"/tasks/{task_id}/processes",
-                              json={"exec_id": exec_id, "process": {"args": args}}, headers=headers)
-    assert added.status_code == 201, added.text
-    started = await client.post(f"/tasks/{task_id}/processes/{exec_id}/start", headers=headers)
-    assert started.status_code == 200, started.text
-    process: dict[str, Any] = started.json()
-    return process
+    await add_exec(client, headers, task_id, exec_id, args)
+    return await start_exec(client, headers, task_id, exec_id)
 
 
 async def wait_exec(client: httpx.AsyncClient, headers: dict[str, str], task_id: str, exec_id: str) -> dict[str, Any]:

@@ -24,12 +24,15 @@ from tests.runtime.tasks import (
     NDJSON,
     SERVE,
     SIGKILL_STATUS,
+    add_exec,
     conmon_of,
     create,
+    exec_body,
     gone,
     log_lines,
     problem,
     run,
+    start_exec,
     task_events,
     texts,
     topics,
@@ -46,26 +49,6 @@ async def api(runtime_client: httpx.AsyncClient, busybox_tar: Path, ns_headers: 
     """The daemon's client, with the busybox image imported in the test's namespace."""
     await import_busybox(runtime_client, busybox_tar, ns_headers)
     return runtime_client
-
-
-def exec_body(exec_id: str, args: list[str], **process: Any) -> dict[str, Any]:
-    return {"exec_id": exec_id, "process": {"args": args, **process}}
-
-
-async def add_exec(
-    client: httpx.AsyncClient, headers: dict[str, str], task_id: str, exec_id: str, args: list[str]
-) -> dict[str, Any]:
-    response = await client.post(f"/tasks/{task_id}/processes", json=exec_body(exec_id, args), headers=headers)
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def start_exec(client: httpx.AsyncClient, headers: dict[str, str], task_id: str, exec_id: str) -> dict[str, Any]:
-    response = await client.post(f"/tasks/{task_id}/processes/{exec_id}/start", headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 # (case, body, status) for POST /tasks/{id}/processes
