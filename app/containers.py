@@ -41,7 +41,12 @@ _IMMUTABLE = ("id", "created_at", "updated_at")
 
 def etag_of(container: Container) -> str:
     """A strong entity tag derived from the container's whole content."""
-    digest = hashlib.sha256(container.model_dump_json().encode()).hexdigest()
+    return etag_of_document(container.model_dump_json())
+
+
+def etag_of_document(document: str) -> str:
+    """The ETag of a container stored as `document` (its `model_dump_json()`)."""
+    digest = hashlib.sha256(document.encode()).hexdigest()
     return f'"{digest[:32]}"'
 
 
@@ -150,9 +155,10 @@ class ContainerService:
         self._logs = logs
         self._images = images
 
-    async def create(self, namespace: str, body: ContainerCreate) -> Container:
-        """Raises ALREADY_EXISTS, VALIDATION (no such snapshot, or a spec the policy refuses);
-        appends /containers/create (and /namespaces/create on first use). The snapshot named
+    async def create(self, namespace: str, body: ContainerCreate) -> str:
+        """Returns the new container's stored document (`get_document`). Raises
+        ALREADY_EXISTS, VALIDATION (no such snapshot, or a spec the policy refuses); appends
+        /containers/create (and /namespaces/create on first use). The snapshot named
         by `snapshot_key` is pinned.
 
         With `image` naming a pulled image and no `snapshot_key`, an active snapshot keyed by
@@ -215,6 +221,10 @@ class ContainerService:
     async def get(self, namespace: str, container_id: str) -> Container:
         return await self._store.get(namespace, container_id)
 
+    async def get_document(self, namespace: str, container_id: str) -> str:
+        """The container as its stored JSON document, for serving without a model built."""
+        return await self._store.get_document(namespace, container_id)
+
     async def list_documents(
         self, namespace: str, filter_exprs: Sequence[str] = (), page: PageRequest = FIRST_PAGE
     ) -> Page[bytes]:
@@ -235,11 +245,11 @@ class ContainerService:
         container_id: str,
         patch: dict[str, Any],
         if_match: str | None = None,
-    ) -> Container:
-        """Apply a JSON merge patch. Raises PRECONDITION_FAILED when `if_match` does not match
-        the current ETag, INVALID_ARGUMENT for an attempt to change id or timestamps,
-        pydantic's ValidationError when the result is not a valid container, VALIDATION when
-        a changed spec is one the policy refuses."""
+    ) -> str:
+        """Apply a JSON merge patch; returns the new stored document. Raises
+        PRECONDITION_FAILED when `if_match` does not match the current ETag, INVALID_ARGUMENT
+        for an attempt to change id or timestamps, pydantic's ValidationError when the result
+        is not a valid container, VALIDATION when a changed spec is one the policy refuses."""
         privileged = await self._policy.privileged(namespace)  # read before the write transaction
 
         def patched(current: Container) -> ContainerFields:

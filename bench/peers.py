@@ -708,7 +708,8 @@ def tool_version(*argv: str) -> str:
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50, help="W1 runs (W3 runs 10, 3 with --quick)")
-    parser.add_argument("--only", default="W1,W3,W5,W6,W7,W8,W9")
+    parser.add_argument("--only", default="W1,W3,W5,W6,W7,W8,W9,W10,W11")
+    parser.add_argument("--rounds", type=int, default=3, help="W10's alternating rounds (1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="fewer W3 runs and a 10 MiB W6 image, for a smoke run")
     parser.add_argument("--pulls", type=int, default=7, help="W6's cold pulls (3 with --quick)")
     args = parser.parse_args(argv)
@@ -794,6 +795,11 @@ async def main(argv: list[str] | None = None) -> int:
                 peer = summary(await w6_containerd(c, registry, layout, w6_pulls(args), found["W6"]["floor"],
                                                    report))
                 compare(report, "W6", found["W6"]["cargohold"], peer)
+            if chosen & {"W10", "W11"}:  # bench/requests.py: a fresh daemon, the null server, containerd over gRPC
+                from bench.requests import run as w10_w11
+
+                await w10_w11(report, work / "w10", 1 if args.quick else args.rounds, c.address, c.process.pid,
+                              w11="W11" in chosen)
         if chosen & {"W7", "W8"}:  # Podman on private paths (bench/podman.py)
             from bench.podman import podman_peers
 
@@ -807,7 +813,7 @@ async def main(argv: list[str] | None = None) -> int:
             print(f"left {work} in place for its logs (d/daemon.log, containerd/containerd.log)", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    order = {"W1": 1, "W3": 3, "W5": 5, "W6": 6, "W7": 7, "W8": 8, "W9": 9}
+    order = {"W1": 1, "W3": 3, "W5": 5, "W6": 6, "W7": 7, "W8": 8, "W9": 9, "W10": 10, "W11": 11}
     report.rows.sort(key=lambda row: order.get(row["workload"], 9))  # stable: each workload's rows together
     report.print()
     versions["runc"] = tool_version("runc", "--version")

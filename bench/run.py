@@ -94,6 +94,8 @@ class Report:
             ratio = ""
             if isinstance(value, dict) and floor_p50:
                 ratio = f"{value['p50'] / floor_p50:.2f}x"
+            elif isinstance(value, float) and isinstance(floor_p50, float) and floor_p50:
+                ratio = f"{value / floor_p50:.2f}x"
             floor_text = f"{floor_p50:.2f}" if isinstance(floor_p50, float) else ""
             print(f"{row['workload']:<4} {row['metric'] + ' (' + row['unit'] + ')':<44} {p50:>12} {p95:>10} {top:>10} "
                   f"{floor_text:>10} {ratio:>7}  {row['note']}")
@@ -942,7 +944,8 @@ def w6_pulls(args: argparse.Namespace) -> int:
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--only", default="W1,W2,W3,W4,W5,W6,W7,W8")
+    parser.add_argument("--only", default="W1,W2,W3,W4,W5,W6,W7,W8,W10,W11")
+    parser.add_argument("--rounds", type=int, default=3, help="W10's alternating rounds (1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smaller W2/W4/W6 for a smoke run (W6: a 10 MiB image)")
     parser.add_argument("--pulls", type=int, default=7, help="W6's cold pulls (3 with --quick)")
     args = parser.parse_args(argv)
@@ -981,6 +984,10 @@ async def main(argv: list[str] | None = None) -> int:
                 from bench.attach import w8_attach
 
                 await w8_attach(d, report, args.quick)
+        if chosen & {"W10", "W11"}:  # bench/requests.py: a fresh daemon of its own beside the null server
+            from bench.requests import run as w10_w11
+
+            await w10_w11(report, work / "w10", 1 if args.quick else args.rounds, w11="W11" in chosen)
         if "W6" in chosen:
             layout = build_layout(work / "w6-layout", args.quick)
             with bench_registry(work / "w6-registry", layout) as registry:

@@ -187,8 +187,9 @@ class ContainerStore:
         self._db = db
         self._default_snapshotter = default_snapshotter
 
-    async def create(self, namespace: str, container_id: str, fields: ContainerFields) -> Container:
+    async def create(self, namespace: str, container_id: str, fields: ContainerFields) -> str:
         """Insert the row (creating the namespace on first use); appends /containers/create.
+        Returns the stored document.
 
         Raises ALREADY_EXISTS, or VALIDATION when `snapshot_key` names no snapshot."""
         async with self._db.write() as tx:
@@ -209,15 +210,21 @@ class ContainerStore:
             )
             tx.execute("INSERT INTO container_documents VALUES (?, ?, ?)", namespace, container_id, doc)
             tx.append_event(namespace, Topic.CONTAINER_CREATE, _event(created))
-            return created
+            return doc
 
     async def get(self, namespace: str, container_id: str) -> Container:
         """Raises NOT_FOUND for the container or its namespace."""
+        return _from_document(await self.get_document(namespace, container_id))
+
+    async def get_document(self, namespace: str, container_id: str) -> str:
+        """The container's stored document, the JSON `GET /containers/{id}` serves.
+        Raises NOT_FOUND for the container or its namespace."""
         row = await self._db.one(_DOCUMENT, namespace, container_id)
         if row is None:
             await require_namespace(self._db, namespace)
             raise container_not_found(namespace, container_id)
-        return _from_document(row["doc"])
+        document: str = row["doc"]
+        return document
 
     async def list_documents(
         self,
@@ -311,9 +318,10 @@ class ContainerStore:
         namespace: str,
         container_id: str,
         apply: Callable[[Container], ContainerFields],
-    ) -> tuple[Container, list[DataDir]]:
+    ) -> tuple[str, list[DataDir]]:
         """Replace the mutable fields with `apply(current)`, read and written in one
         transaction so a precondition checked by `apply` holds; appends /containers/update.
+        Returns the new stored document.
         A snapshot the container no longer pins is released as on delete: its data dirs
         are returned for the caller to remove."""
         async with self._db.write() as tx:
@@ -334,32 +342,39 @@ class ContainerStore:
             )
             tx.append_event(namespace, Topic.CONTAINER_UPDATE, _event(updated))
             if pinned == (current.snapshotter, current.snapshot_key):
-                return updated, []
-            return updated, self._release(tx, namespace, current)
+                return doc, []
+            return doc, self._release(tx, namespace, current.snapshotter, current.snapshot_key)
 
     async def delete(self, namespace: str, container_id: str) -> list[DataDir]:
         """Delete the row (appends /containers/delete), then release its active snapshot
         if nothing else uses it (appends /snapshot/remove). Returns the released
         snapshots' data dirs for the caller to remove once committed."""
         async with self._db.write() as tx:
-            deleted = self._get_in(tx, namespace, container_id)
+            # Its head, not its document: what the delete needs is which snapshot it pins.
+            deleted = tx.one("SELECT snapshotter, snapshot_key FROM containers WHERE namespace = ? AND id = ?",
+                             namespace, container_id)
+            if deleted is None:
+                raise self._missing_in(tx, namespace, container_id)
             refuse_task_in(tx, namespace, container_id)
             # Its document goes with it (ON DELETE CASCADE).
             tx.execute("DELETE FROM containers WHERE namespace = ? AND id = ?", namespace, container_id)
             tx.append_event(namespace, Topic.CONTAINER_DELETE, {"id": container_id})
-            return self._release(tx, namespace, deleted)
+            return self._release(tx, namespace, deleted["snapshotter"], deleted["snapshot_key"])
 
-    def _release(self, tx: Tx, namespace: str, container: Container) -> list[DataDir]:
-        if not container.snapshot_key:
+    def _release(self, tx: Tx, namespace: str, snapshotter: str, snapshot_key: str) -> list[DataDir]:
+        if not snapshot_key:
             return []
-        released = release_unreferenced(tx, namespace, container.snapshotter, container.snapshot_key)
+        released = release_unreferenced(tx, namespace, snapshotter, snapshot_key)
         return [released] if released else []
 
     def _get_in(self, tx: Tx, namespace: str, container_id: str) -> Container:
         row = tx.one(_DOCUMENT, namespace, container_id)
         if row is None:
-            if not namespace_exists_in(tx, namespace):
-                raise namespace_not_found(namespace)
-            raise container_not_found(namespace, container_id)
+            raise self._missing_in(tx, namespace, container_id)
         return _from_document(row["doc"])
+
+    def _missing_in(self, tx: Tx, namespace: str, container_id: str) -> CargoholdError:
+        if not namespace_exists_in(tx, namespace):
+            return namespace_not_found(namespace)
+        return container_not_found(namespace, container_id)
 

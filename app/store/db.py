@@ -12,6 +12,11 @@ a result of any size) runs in its connection's own thread.
 - Reads run on the reader's thread, one trip a query (`execute_fetchall`): a list page
   costs SQLite about a millisecond, too long for the loop. aiosqlite is exactly that, a
   connection and its thread, so it stays.
+- But a read of one row by an indexed key (`Database.one`, e.g. a get) runs on the loop,
+  on a connection of its own, as a write's statements do: it costs SQLite a few
+  microseconds, where the trip to the reader's thread and back cost the daemon about
+  0.1 ms of CPU a get (bench/README.md, W10). One that would wait for a lock
+  (SQLITE_BUSY; its busy timeout is 0) is retried on the reader's thread.
 - A write transaction's statements run on the loop, under the write lock: on these
   small, indexed tables one costs a few microseconds, where a trip to a thread costs ~70 us
   and a transaction makes five to ten. COMMIT, which waits for the disk, runs in the
@@ -284,15 +289,18 @@ class Tx:
 
 
 class Database:
-    """One writer connection behind a lock, one reader connection, both in WAL mode."""
+    """One writer connection behind a lock; readers: one on its own thread, one on the loop for
+    one-row reads by key; all in WAL mode."""
 
     def __init__(
         self,
         writer: sqlite3.Connection,
         reader: aiosqlite.Connection,
+        looker: sqlite3.Connection,
         retention: EventRetention,
     ) -> None:
         self._writer = writer
+        self._looker = looker  # the loop's own reader, for `one`
         # One thread, so the writer connection is only ever used by one thread at a time.
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._reader = reader
@@ -318,10 +326,11 @@ class Database:
         except BaseException:
             writer.close()
             raise
-        return cls(writer, reader, retention)
+        return cls(writer, reader, _open_looker(path), retention)
 
     async def close(self) -> None:
         async with self._write_lock:
+            self._looker.close()
             await self._reader.close()
             await self._in_writer_thread(self._writer.close)
             self._writer_thread.shutdown()
@@ -370,7 +379,15 @@ class Database:
         return await asyncio.get_running_loop().run_in_executor(self._writer_thread, function, *args)
 
     async def one(self, sql: str, *params: Any) -> Row | None:
-        return await _fetch_one(self._reader, sql, params)
+        """The first row of a statement that reads one row by an indexed key, run on the
+        loop (see the module's docstring); on the reader's thread if it would wait for a lock."""
+        try:
+            row: Row | None = self._looker.execute(sql, params).fetchone()
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            return await _fetch_one(self._reader, sql, params)
+        return row
 
     async def all(self, sql: str, *params: Any) -> list[Row]:
         return await _fetch_all(self._reader, sql, params)
@@ -416,6 +433,16 @@ def _open_writer(path: Path, retention: EventRetention) -> sqlite3.Connection:
     except BaseException:
         conn.close()
         raise
+    return conn
+
+
+def _open_looker(path: Path) -> sqlite3.Connection:
+    """The connection `Database.one` reads with on the loop: autocommit (each statement
+    its own read transaction), and a busy timeout of 0, so it never waits there."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for pragma in (*_PRAGMAS, "PRAGMA busy_timeout = 0"):
+        conn.execute(pragma)
     return conn
 
 

@@ -155,7 +155,8 @@ async def test_rows_of_schema_3_become_documents(tmp_path: Path) -> None:
             container = await store.get(NS, container_id)
             assert container.created_at == datetime.fromisoformat(TIMESTAMPS[n % len(TIMESTAMPS)])
             # The same content as the container created today from the same fields.
-            fresh = await store.create(NS, f"{container_id}-new", fields(**members))
+            await store.create(NS, f"{container_id}-new", fields(**members))
+            fresh = await store.get(NS, f"{container_id}-new")
             assert container.model_dump(exclude={"id", "created_at", "updated_at"}) == fresh.model_dump(
                 exclude={"id", "created_at", "updated_at"})
     finally:

@@ -75,7 +75,7 @@ async def test_one_mib_specs_page_under_sqlites_length_limit(db: Database) -> No
     await reader._execute(reader._conn.setlimit, sqlite3.SQLITE_LIMIT_LENGTH, 8 * MIB)  # type: ignore[no-untyped-call]
     # What the list did before: one group_concat of every document.
     with pytest.raises(sqlite3.DataError, match="too big"):
-        await db.one("SELECT group_concat(doc) FROM (SELECT doc FROM container_documents ORDER BY id)")
+        await db.all("SELECT group_concat(doc) FROM (SELECT doc FROM container_documents ORDER BY id)")
 
     # Each page stops once its documents reach 3 MiB: 3 documents of a little over 1 MiB.
     pages = await read_all(store, PageRequest(limit=1000, max_bytes=3 * MIB))
