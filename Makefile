@@ -46,6 +46,8 @@ test-packages: system-packages
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl; }  # tests/api/test_tls.py
 	@command -v tmux >/dev/null || { apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tmux; }  # tests/client: run -it
+	@command -v chromium >/dev/null || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }  # tests/ui: the web view
 	@missing=$$(for b in $(IMAGE_TEST_BINARIES); do command -v $$b >/dev/null || echo $$b; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $(IMAGE_TEST_PACKAGES) (missing: $$missing)"; \
@@ -62,7 +64,7 @@ run: $(STAMP) system-packages
 
 ## test: lint, type-check, OpenAPI drift check, then every test
 test: $(STAMP) test-packages lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m tests.halves $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
@@ -90,6 +92,7 @@ bench-peers: $(STAMP) test-packages
 	  echo "installing podman (for bench-peers W7, W8; daemonless, run on private paths)"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends podman; \
 	fi
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-bench.lock
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
 ## openapi: regenerate openapi/openapi.json from the app (commit the result)

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from . import __version__
-from .api import attach, containers, content, events, images, namespaces, networks, snapshots, system, tasks
+from .api import attach, containers, content, events, images, namespaces, networks, snapshots, system, tasks, ui
 from .api.middleware import BodyLimitMiddleware, EncodedSlashMiddleware, TokenAuthMiddleware
 from .api.problems import add_problem_handlers, document_problems
 from .config import Settings
@@ -74,6 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
     add_problem_handlers(app)
     for module in (containers, namespaces, snapshots, images, content, tasks, attach, events, system, networks):
         app.include_router(module.router)
+    app.include_router(ui.router)  # the web view's files (issue 19)
+    app.add_middleware(ui.SameOriginMiddleware)  # requests from browser pages of other origins: 403
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(EncodedSlashMiddleware)
     # The imports (a snapshot, an image archive) stream their tars against their own, larger limit.
@@ -82,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     if settings.has_tcp_listener:
         public = {"/healthz", "/metrics"} if settings.metrics_public else {"/healthz"}
+        public |= ui.PUBLIC_PATHS  # the web view's files load without the token
         app.add_middleware(TokenAuthMiddleware, token=load_token(settings), public_paths=public)
     return app
 

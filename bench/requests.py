@@ -2,9 +2,11 @@
 and beside containerd, in one run (issue 17).
 
 W10: create (3 labels, a full spec), get, patch one label, list 1,000 and delete, each
-1,000 times from one sequential client; the figure is the server's CPU per operation, read
-from `/proc/<pid>/stat` (all its threads) before and after, so the client's own cost does
-not count. Three sides, in alternating rounds, and the median round is reported:
+1,000 times from one sequential client, and "nothing": a request the server does no work
+for (Cargohold's `GET /healthz`, containerd's `Version`), the floor of each one's stack.
+The figure is the server's CPU per operation, read from `/proc/<pid>/task/*/schedstat`
+(all its threads) before and after, so the client's own cost does not count. Three
+sides, in alternating rounds, and the median round is reported:
 - Cargohold (`cargohold serve` on a unix socket, a fresh database);
 - the null server (bench/null_server.py: the same uvicorn and httptools, an app that
   answers at once), sent the same requests and answering bodies as large as Cargohold's:
@@ -40,7 +42,7 @@ from bench.run import Report, daemon, null_server, spec
 NAMESPACE = "w10"
 COUNT = 1000
 LISTS = 50  # lists of all 1,000 per round: each costs the server milliseconds
-OPERATIONS = ("create", "get", "patch", "list 1,000", "delete")
+OPERATIONS = ("nothing", "create", "get", "patch", "list 1,000", "delete")
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 
 
@@ -79,6 +81,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class Side(Protocol):
     """One server's five operations, one call each."""
 
+    def nothing(self, index: int) -> None: ...
     def create(self, index: int) -> None: ...
     def get(self, index: int) -> None: ...
     def patch(self, index: int) -> None: ...
@@ -112,6 +115,10 @@ class HTTPSide:
             raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
         return data
 
+    def nothing(self, index: int) -> None:
+        """A request the server does no work for: the floor of its own stack."""
+        self.request("GET", "/healthz", 200, "nothing")
+
     def create(self, index: int) -> None:
         self.request("POST", "/containers", 201, "create", {"id": f"c{index}", "spec": SPEC, "labels": labels(index)})
 
@@ -137,6 +144,7 @@ class HTTPSide:
         sizes["create"] = sizes["get"]
         self.delete(COUNT)
         sizes["delete"] = 0
+        sizes["nothing"] = len(self.request("GET", "/healthz", 200, "nothing"))
         sizes["list 1,000"] = COUNT * (sizes["get"] + 1) + 30  # the documents, commas, the page's envelope
         return sizes
 
@@ -150,13 +158,19 @@ class ContainerdSide:
     def __init__(self, address: Path) -> None:
         import grpc  # requirements-bench.lock: only the peers run needs them
         from containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
-        from google.protobuf import any_pb2, field_mask_pb2
+        from containerd.services.version.v1 import version_pb2_grpc
+        from google.protobuf import any_pb2, empty_pb2, field_mask_pb2
 
-        self._pb, self._any, self._mask = containers_pb2, any_pb2, field_mask_pb2
+        self._pb, self._any, self._mask, self._empty = containers_pb2, any_pb2, field_mask_pb2, empty_pb2
         self._channel = grpc.insecure_channel(f"unix://{address}")
         self._stub = containers_pb2_grpc.ContainersStub(self._channel)
+        self._version = version_pb2_grpc.VersionStub(self._channel)
         self._metadata = (("containerd-namespace", NAMESPACE),)
         self._spec = any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(SPEC).encode())
+
+    def nothing(self, index: int) -> None:
+        """containerd's cheapest call: its version."""
+        self._version.Version(self._empty.Empty())
 
     def create(self, index: int) -> None:
         pb = self._pb
@@ -191,7 +205,8 @@ class ContainerdSide:
 def round_of(side: Side, pid: int) -> dict[str, tuple[float, float]]:
     """One round: each operation 1,000 times (lists 50), as (server CPU ms/op, latency p50 ms)."""
     steps: list[tuple[str, int, Callable[[int], None]]] = [
-        ("create", COUNT, side.create), ("get", COUNT, side.get), ("patch", COUNT, side.patch),
+        ("nothing", COUNT, side.nothing), ("create", COUNT, side.create), ("get", COUNT, side.get),
+        ("patch", COUNT, side.patch),
         ("list 1,000", LISTS, lambda _: side.list()), ("delete", COUNT, side.delete),
     ]
     result = {}

@@ -358,6 +358,12 @@ async def w1_run_to_completion(d: Daemon, work: Path, tar: Path, runs: int, repo
     seccomp_floor = [ms(s) for s in bare_runc_run(seccomp_bundle, floor_state, runs)]
     report.add("W1", "bare runc run with the default seccomp profile", "ms", summary(seccomp_floor), floor,
                "the floor plus the profile every task gets")
+    # Issue 17's figure: what is left to the daemon once the parts any daemon on this design
+    # pays are taken out (differences of p50s, so as noisy as the sum of theirs).
+    profile = statistics.median(seccomp_floor) - floor["p50"]
+    own = summary(totals)["p50"] - summary(path_totals)["p50"] - summary(http_totals)["p50"] - profile
+    report.add("W1", "the daemon's own share", "ms", round(own, 1), floor["p50"],
+               f"W1 - runtime path alone - HTTP floor - the seccomp profile's cost ({profile:.1f} ms), p50s")
 
 
 async def runtime_path(bundle: Path, work: Path, runs: int) -> dict[str, list[float]]:

@@ -77,7 +77,8 @@ async def attach_task(websocket: WebSocket, container_id: str) -> None:
 
 @router.websocket("/{container_id}/processes/{exec_id}/attach")
 async def attach_process(websocket: WebSocket, container_id: str, exec_id: str) -> None:
-    """Attach to an exec process (as `attach_task`)."""
+    """Attach to an exec process (as `attach_task`), also one added and not yet started:
+    then start it, and nothing of its output is missed."""
     await _attach(websocket, container_id, exec_id)
 
 

@@ -10,13 +10,17 @@ cannot be mistaken for a name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 
+from ..daemon import Daemon
 from ..images.archive import ArchiveLimits
 from ..models import Image, ImageList, ImagePatch, ImagePull, ImagePush, ImagePushResult
+from ..streams import ClientStreams
 from .deps import DaemonDep, ImageFilters, Images, NamespaceHeader, PageQuery, Streams, client_key, link_next_page
 from .problems import problems
 from .sse import Report, event_source, held_while_sent, progress_frames
@@ -30,6 +34,22 @@ ImageName = Annotated[
     Path(description="the image's name, slashes and all, e.g. docker.io/library/busybox:latest "
          "(a short form such as busybox is normalized)"),
 ]
+
+
+# The 200 answer a route with `progress_stream` documents beside its JSON one.
+PROGRESS_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+}
+
+
+def progress_stream(
+    run: Callable[[Report], Coroutine[Any, Any, BaseModel]], what: str, daemon: Daemon, streams: ClientStreams,
+    request: Request,
+) -> Response:
+    """`run`'s progress as server-sent events (`sse.progress_frames`), one of the client's streams
+    while it is sent (429 past --max-streams-per-client)."""
+    release = streams.acquire(client_key(request), f"a {what} progress stream")
+    return held_while_sent(event_source(progress_frames(run, what), daemon.settings), release)
 
 
 @router.post(
@@ -47,8 +67,7 @@ ImageName = Annotated[
     "(its `status` what the plain call would answer). Closing the stream abandons the pull. It counts "
     "against --max-streams-per-client (429).",
     response_model=Image,
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
-               **problems(400, 401, 404, 413, 422, 429, 503)},
+    responses={**PROGRESS_STREAM, **problems(400, 401, 404, 413, 422, 429, 503)},
 )
 async def pull_image(
     body: ImagePull,
@@ -60,13 +79,12 @@ async def pull_image(
     accept: Annotated[str, Header()] = "",
 ) -> Response:
     if "text/event-stream" in accept:
-        release = streams.acquire(client_key(request), "a pull progress stream")
 
         async def pulled(report: Report) -> Image:
             image, _ = await images.pull(namespace, body, report)
             return image
 
-        return held_while_sent(event_source(progress_frames(pulled, "pull"), daemon.settings), release)
+        return progress_stream(pulled, "pull", daemon, streams, request)
     image, _ = await images.pull(namespace, body)
     return JSONResponse(image.model_dump(mode="json"), 201, headers={"Location": f"/images/{image.name}"})
 
@@ -150,11 +168,31 @@ async def list_images(
     "platform it chose) is pushed as the pulled platform's manifest alone, under the tag, as Docker pushes "
     "a single-platform image; `digest` in the answer says what the reference now names. Nothing changes in "
     "the daemon. 404: no such image (or the registry said so); 409: the image's content is incomplete; "
-    "401: credentials missing or refused; 503: the registry is unreachable or failed.",
-    responses=problems(400, 401, 404, 409, 413, 422, 503),
+    "401: credentials missing or refused; 503: the registry is unreachable or failed.\n\n"
+    "With `Accept: text/event-stream` the answer is a stream of progress, as a pull's: `progress` per blob "
+    "as it is sent (`{digest, media_type, bytes, total}`; once, at its size, for a blob not sent), `pushed` "
+    "per blob (`{digest, media_type, size, outcome}`, outcome `uploaded`, `mounted` or `exists`), "
+    "`manifest` per manifest put (`{digest, media_type, tag}`, the top last), then `done` with the "
+    "ImagePushResult or `error` with a problem+json body (its `status` what the plain call would answer). "
+    "Closing the stream abandons the push. It counts against --max-streams-per-client (429).",
+    response_model=ImagePushResult,
+    responses={**PROGRESS_STREAM, **problems(400, 401, 404, 409, 413, 422, 429, 503)},
 )
-async def push_image(name: ImageName, body: ImagePush, images: Images, namespace: NamespaceHeader) -> ImagePushResult:
-    return await images.push(namespace, name, body)
+async def push_image(
+    name: ImageName,
+    body: ImagePush,
+    images: Images,
+    namespace: NamespaceHeader,
+    daemon: DaemonDep,
+    streams: Streams,
+    request: Request,
+    accept: Annotated[str, Header()] = "",
+) -> Response:
+    if "text/event-stream" in accept:
+        return progress_stream(lambda report: images.push(namespace, name, body, report), "push", daemon, streams,
+                               request)
+    result = await images.push(namespace, name, body)
+    return JSONResponse(result.model_dump(mode="json"))
 
 
 @router.get(

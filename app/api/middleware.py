@@ -7,9 +7,6 @@ Those that refuse answer with problem+json themselves and never buffer a body.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 from collections.abc import Collection
 from typing import Literal
 from urllib.parse import unquote
@@ -17,14 +14,12 @@ from urllib.parse import unquote
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..bearer import K8S_TOKEN_SUBPROTOCOL, bearer_matches, subprotocol_matches
 from ..errors import CargoholdError, ErrorKind
 from .problems import problem_response
 
 # The scope key `ListenerMark` sets: "unix" or "tcp", as the listener was bound.
 LISTENER_KEY = "cargohold.listener"
-# Kubernetes' way for a browser, which cannot set headers on a WebSocket, to send a token:
-# a subprotocol `base64url.bearer.authorization.k8s.io.<the token, base64url, unpadded>`.
-K8S_TOKEN_SUBPROTOCOL = "base64url.bearer.authorization.k8s.io."
 
 
 def came_over_unix(scope: Scope) -> bool:
@@ -54,7 +49,7 @@ class ListenerMark:
 
 class TokenAuthMiddleware:
     """Require the bearer token on requests and WebSockets that did not come over a unix
-    socket (`came_over_unix`), but on `public_paths`.
+    socket (`came_over_unix`), but on `public_paths` (one ending in `*`: every path it begins).
 
     HTTP: `Authorization: Bearer <token>`, else 401 problem+json. A WebSocket may also
     send it as the Kubernetes subprotocol (`K8S_TOKEN_SUBPROTOCOL`), which is then taken
@@ -67,24 +62,25 @@ class TokenAuthMiddleware:
         self.app = app
         self._token = token.encode()
         self._public_paths = frozenset(public_paths)
+        self._public_prefixes = tuple(path.removesuffix("*") for path in public_paths if path.endswith("*"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket") or came_over_unix(scope) or scope["path"] in self._public_paths:
+        if kind not in ("http", "websocket") or came_over_unix(scope) or scope["path"] in self._public_paths or (
+            scope["path"].startswith(self._public_prefixes)
+        ):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        supplied = headers.get("authorization", "").encode("latin-1")
-        scheme, _, credentials = supplied.partition(b" ")
-        # The scheme is case-insensitive (RFC 9110 11.1); the token is compared in constant time.
-        accepted = scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
+        supplied = headers.get("authorization", "")
+        accepted = bearer_matches(supplied, self._token)
         tried = bool(supplied)
         if kind == "websocket":
             offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
             in_subprotocol = [p for p in offered if p.startswith(K8S_TOKEN_SUBPROTOCOL)]
             if in_subprotocol:
                 tried = True
-                accepted = accepted or any(self._matches_encoded(p) for p in in_subprotocol)
+                accepted = accepted or any(subprotocol_matches(p, self._token) for p in in_subprotocol)
                 scope = _without_subprotocols(scope, in_subprotocol)
         if accepted:
             await self.app(scope, receive, send)
@@ -101,14 +97,6 @@ class TokenAuthMiddleware:
             await send({"type": "websocket.close", "code": 1008, "reason": "unauthenticated"})
             return
         await response(scope, receive, send)
-
-    def _matches_encoded(self, subprotocol: str) -> bool:
-        encoded = subprotocol.removeprefix(K8S_TOKEN_SUBPROTOCOL)
-        try:
-            token = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-        except (binascii.Error, ValueError):
-            return False
-        return hmac.compare_digest(token, self._token)
 
 
 def _without_subprotocols(scope: Scope, removed: list[str]) -> Scope:

@@ -1,7 +1,8 @@
 """AttachService: the rules of attaching to a task's init or exec process.
 
-A process can be attached to while it lives (a created task too: attach, then start,
-and nothing of the output is missed); stdin only if it was created with `stdin: true`,
+A process can be attached to while it lives, and before it starts (a created task, or
+an exec process added and not started, whose conmon the runtime then stages): attach,
+then start, and nothing of the output is missed; stdin only if it was created with `stdin: true`,
 a resize only if it has a terminal. The streams themselves are the hub's (`hub.py`).
 """
 
@@ -86,7 +87,7 @@ class AttachService:
     ) -> AsyncIterator[AttachSession]:
         """Attach to the task's init (exec id "") or an exec process; detach on exit (the
         process keeps running). `stdin` None: if the process has it. Raises NOT_FOUND,
-        CONFLICT (exited, not started, no stdin when `stdin` is True) before yielding."""
+        CONFLICT (exited, no stdin when `stdin` is True) before yielding."""
         what = _what(task_id, exec_id)
         files, stdio = await self._tasks.attachable(namespace, task_id, exec_id)
         if stdin and not stdio.stdin:

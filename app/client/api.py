@@ -1,5 +1,6 @@
 """A thin, typed client of the daemon's HTTP API over httpx: where the daemon is
-(`unix://` socket or `tcp://` with a bearer token), the namespace header, the bodies as
+(`unix://` socket or `tcp://` with a bearer token, over TLS with `TLSOptions`), the
+namespace header, the bodies as
 app/models.py's pydantic models, and every failure as a `ClientError` whose message is
 one line a person can act on (the problem's `detail`, or where no daemon answered).
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +31,6 @@ from ..models import (
     Image,
     ImagePull,
     ImagePush,
-    ImagePushResult,
     Network,
     NetworkCreate,
     Task,
@@ -64,7 +65,8 @@ class Endpoint:
     base_url: str
 
     @classmethod
-    def parse(cls, url: str) -> Endpoint:
+    def parse(cls, url: str, tls: bool = False) -> Endpoint:
+        """`url` as given to --host; `tls`: speak TLS to a tcp:// host (https:// always does)."""
         parts = urlsplit(url)
         if parts.scheme == "unix":
             path = (parts.netloc + parts.path) if parts.netloc else parts.path
@@ -74,13 +76,46 @@ class Endpoint:
         if parts.scheme in ("tcp", "http", "https"):
             if not parts.hostname or parts.port is None:
                 raise ClientError(f"--host {url}: a tcp:// URL names a host and port, e.g. tcp://127.0.0.1:8080")
-            scheme = "https" if parts.scheme == "https" else "http"
+            scheme = "https" if parts.scheme == "https" or tls else "http"
             return cls(url, None, f"{scheme}://{parts.netloc}")
         raise ClientError(f"--host {url}: use unix:///path.sock or tcp://host:port")
 
     @property
+    def tls(self) -> bool:
+        return self.base_url.startswith("https:")
+
+    @property
     def ws_base_url(self) -> str:
-        return ("wss" if self.base_url.startswith("https") else "ws") + ":" + self.base_url.split(":", 1)[1]
+        return ("wss" if self.tls else "ws") + ":" + self.base_url.split(":", 1)[1]
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """Docker's client TLS options: `--tls` (the system's CAs), `--tlscacert` (trust this CA
+    instead), `--tlscert`/`--tlskey` (a client certificate, for a daemon started with
+    --tls-client-ca). Any of them means TLS; the daemon's certificate is always verified."""
+
+    enabled: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return self.enabled or any(path is not None for path in (self.ca, self.cert, self.key))
+
+    def context(self) -> ssl.SSLContext:
+        if (self.cert is None) != (self.key is None):
+            raise ClientError("--tlscert and --tlskey go together: give both, or neither")
+        try:
+            made = ssl.create_default_context(cafile=str(self.ca) if self.ca is not None else None)
+            if self.cert is not None and self.key is not None:
+                made.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as error:
+            named = ", ".join(f"{flag} {path}" for flag, path in (
+                ("--tlscacert", self.ca), ("--tlscert", self.cert), ("--tlskey", self.key)) if path is not None)
+            raise ClientError(f"cannot load {named}: {getattr(error, 'strerror', None) or error}") from None
+        return made
 
 
 def read_token(token_file: Path | None, token: str | None) -> str | None:
@@ -96,7 +131,8 @@ def read_token(token_file: Path | None, token: str | None) -> str | None:
 class Client:
     """The daemon's API for one namespace. Use as a context manager (it holds a connection pool)."""
 
-    def __init__(self, endpoint: Endpoint, namespace: str = "default", token: str | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, namespace: str = "default", token: str | None = None,
+                 tls: TLSOptions | None = None) -> None:
         self.endpoint = endpoint
         self.namespace = namespace
         self.token = token
@@ -104,10 +140,15 @@ class Client:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.headers = headers
+        self.tls = tls or TLSOptions()
+        # Made only for an https endpoint (TLS options given for a unix socket are not used:
+        # the daemon serves its sockets plain); the attach WebSocket uses it too.
+        self.ssl_context = self.tls.context() if endpoint.tls else None
         transport = httpx.HTTPTransport(uds=str(endpoint.socket)) if endpoint.socket is not None else None
         self._http = httpx.Client(
             base_url=endpoint.base_url, transport=transport, headers=headers, trust_env=False,
             timeout=httpx.Timeout(REQUEST_SECONDS, connect=CONNECT_SECONDS),
+            verify=self.ssl_context if self.ssl_context is not None else True,
         )
 
     def __enter__(self) -> Client:
@@ -120,6 +161,7 @@ class Client:
 
     def request(self, method: str, path: str, **options: Any) -> httpx.Response:
         """One request; a problem answer or no daemon raises ClientError."""
+        self._socket_there()
         try:
             response = self._http.request(method, path, **options)
         except httpx.TransportError as error:
@@ -130,6 +172,7 @@ class Client:
     @contextmanager
     def stream(self, method: str, path: str, **options: Any) -> Iterator[httpx.Response]:
         """A streamed response (no read deadline); a problem answer raises ClientError."""
+        self._socket_there()
         try:
             with self._http.stream(method, path, timeout=httpx.Timeout(None, connect=CONNECT_SECONDS),
                                    **options) as response:
@@ -140,8 +183,28 @@ class Client:
         except httpx.TransportError as error:
             raise self.unreachable(error) from None
 
-    def unreachable(self, error: httpx.TransportError) -> ClientError:
+    def _socket_there(self) -> None:
+        # Looked at before connecting: httpx leaks the socket of a failed unix connect.
+        if self.endpoint.socket is not None and not self.endpoint.socket.exists():
+            raise self.unreachable(httpx.ConnectError("no socket"))
+
+    def unreachable(self, error: Exception) -> ClientError:
         where = self.endpoint.url
+        tls_problem = self.tls_refusal(error)
+        if tls_problem is not None:
+            return ClientError(tls_problem)
+        if isinstance(error, httpx.RemoteProtocolError) and self.endpoint.socket is None:
+            # A TLS listener hangs up on plain HTTP; one requiring client certificates hangs up
+            # (TLS 1.3: after the handshake, its alert often unread) on a client without one.
+            if not self.endpoint.tls:
+                return ClientError(f"the daemon at {where} hung up without an answer: if it serves TLS, add --tls "
+                                   "(and --tlscacert FILE)")
+            if self.tls.cert is None:
+                return ClientError(f"the daemon at {where} closed the TLS connection without an answer: it "
+                                   "requires a client certificate? give --tlscert FILE and --tlskey FILE")
+            return ClientError(f"the daemon at {where} closed the TLS connection without an answer: it refused "
+                               f"our client certificate (--tlscert {self.tls.cert})? its --tls-client-ca must "
+                               "have signed it")
         if isinstance(error, httpx.ConnectError):
             socket = self.endpoint.socket
             if socket is not None and not socket.exists():
@@ -151,6 +214,26 @@ class Client:
             return ClientError(f"cannot connect to the Cargohold daemon at {where} ({reason}): is it running? "
                                "(`cargohold serve`, or say where it listens with --host / CARGOHOLD_HOST)")
         return ClientError(f"the daemon at {where} stopped answering: {error or type(error).__name__}")
+
+    def tls_refusal(self, error: BaseException) -> str | None:
+        """One line saying which side of a TLS handshake refused the other, if that is why
+        `error` (or what caused it) happened."""
+        where, cause = self.endpoint.url, _ssl_cause(error)
+        if cause is None:
+            return None
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            trusted = (f"--tlscacert {self.tls.ca}" if self.tls.ca is not None
+                       else "the system's CAs (--tlscacert FILE?)")
+            return (f"the daemon at {where} presented a certificate that {trusted} does not verify: "
+                    f"{cause.verify_message or cause.reason}")
+        reason = (cause.reason or str(cause)).upper()
+        if "CERTIFICATE_REQUIRED" in reason:
+            return f"the daemon at {where} requires a client certificate: give --tlscert FILE and --tlskey FILE"
+        if any(alert in reason for alert in ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")):
+            return f"the daemon at {where} refused our client certificate (--tlscert {self.tls.cert}): {cause.reason}"
+        if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER_FAILURE" in reason:
+            return f"the daemon at {where} does not speak TLS there: drop --tls and https:// ({cause.reason})"
+        return f"TLS with the daemon at {where} failed: {cause.reason or cause}"
 
     @staticmethod
     def raise_for_problem(response: httpx.Response) -> None:
@@ -276,11 +359,13 @@ class Client:
                          headers={"Accept": "text/event-stream"}) as response:
             yield server_sent_events(response.iter_lines())
 
-    def push(self, name: str, body: ImagePush) -> ImagePushResult:
-        response = self.request("POST", f"/images/{_image_path(name)}/push",
-                                json=body.model_dump(mode="json", exclude_none=True),
-                                timeout=httpx.Timeout(None, connect=CONNECT_SECONDS))
-        return ImagePushResult.model_validate_json(response.content)
+    @contextmanager
+    def push(self, name: str, body: ImagePush) -> Iterator[Iterator[tuple[str, Any]]]:
+        """The push's progress events (name, data), ending with `done` (an ImagePushResult) or `error`."""
+        with self.stream("POST", f"/images/{_image_path(name)}/push",
+                         json=body.model_dump(mode="json", exclude_none=True),
+                         headers={"Accept": "text/event-stream"}) as response:
+            yield server_sent_events(response.iter_lines())
 
     def import_images(self, data: Iterator[bytes]) -> list[Image]:
         response = self.request("POST", "/images/import", content=data,
@@ -336,6 +421,16 @@ def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
                 data.append(value)
     if data:
         yield name, json.loads("\n".join(data))
+
+
+def _ssl_cause(error: BaseException | None) -> ssl.SSLError | None:
+    """The ssl.SSLError behind `error` (httpx and websockets wrap it), if any."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, ssl.SSLError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 def _segment(value: str) -> str:

@@ -46,11 +46,13 @@ def open_attach(client: Client, container_id: str, exec_id: str | None, stdin: b
         if endpoint.socket is not None:
             ws = unix_connect(str(endpoint.socket), uri=f"ws://cargohold{path}", **options)
         else:
+            if client.ssl_context is not None:
+                options["ssl"] = client.ssl_context
             ws = connect(f"{endpoint.ws_base_url}{path}", **options)
     except InvalidStatus as error:
         raise ClientError(_refusal(error), error.response.status_code) from None
     except (OSError, WebSocketException, TimeoutError) as error:
-        raise ClientError(f"cannot attach through {endpoint.url}: {error}") from None
+        raise ClientError(client.tls_refusal(error) or f"cannot attach through {endpoint.url}: {error}") from None
     with ws:
         yield ws
 

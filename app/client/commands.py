@@ -40,7 +40,7 @@ from ..models import (
     Task,
     TaskCreate,
 )
-from .api import DEFAULT_HOST, Client, ClientError, Endpoint, read_token
+from .api import DEFAULT_HOST, Client, ClientError, Endpoint, TLSOptions, read_token
 from .attach import open_attach, relay
 
 app = typer.Typer(
@@ -56,12 +56,37 @@ app.add_typer(network_app, name="network")
 TRAILING = {"allow_interspersed_args": False}
 DEFAULT_NETWORK = "cargohold"  # DESIGN "Networks": the network that always exists
 STOP_SECONDS = 10
+INTERRUPTED = 130  # 128 + SIGINT: the exit status of a command Ctrl-C ended
 _stderr = Console(stderr=True)
 
 
 def _state(ctx: typer.Context) -> Client:
     client: Client = ctx.obj
     return client
+
+
+def _client_of(params: dict[str, Any]) -> Client:
+    """The client the global options (`main`'s parameters, as click parsed them) describe."""
+
+    def path(name: str) -> Path | None:  # click's context holds paths as given, as strings
+        value = params.get(name)
+        return None if value is None else Path(value)
+
+    token = read_token(path("token_file"), os.environ.get("CARGOHOLD_TOKEN"))
+    tls = TLSOptions(bool(params.get("tls")), path("tlscacert"), path("tlscert"), path("tlskey"))
+    return Client(Endpoint.parse(params.get("host") or DEFAULT_HOST, tls.wanted),
+                  params.get("namespace") or "default", token, tls)
+
+
+def _complete_containers(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of a container argument: the ids the daemon has, with their image.
+    Completion runs no command callback, so the client is made from the parsed options;
+    a daemon that cannot be asked completes nothing."""
+    try:
+        with _client_of(ctx.find_root().params) as client:
+            return [(c.id, c.image) for c in client.containers() if c.id.startswith(incomplete)]
+    except (ClientError, ValidationError, OSError):
+        return []
 
 
 def _version(value: bool) -> None:
@@ -78,12 +103,25 @@ def main(
     namespace: Annotated[str, typer.Option("--namespace", "-n", envvar="CARGOHOLD_NAMESPACE")] = "default",
     token_file: Annotated[Path | None, typer.Option(help="the bearer token for tcp:// (else $CARGOHOLD_TOKEN)")
                           ] = None,
+    tls: Annotated[bool, typer.Option("--tls", envvar="CARGOHOLD_TLS",
+                                      help="speak TLS to a tcp:// host (implied by the three below and https://)")
+                   ] = False,
+    tlscacert: Annotated[Path | None, typer.Option("--tlscacert", envvar="CARGOHOLD_TLS_CA",
+                                                   help="trust the daemon's certificate if this CA (PEM) signed it "
+                                                   "(default: the system's CAs)")] = None,
+    tlscert: Annotated[Path | None, typer.Option("--tlscert", envvar="CARGOHOLD_TLS_CERT",
+                                                 help="our client certificate (PEM), for a daemon with --tls-client-ca")
+                       ] = None,
+    tlskey: Annotated[Path | None, typer.Option("--tlskey", envvar="CARGOHOLD_TLS_KEY",
+                                                help="the client certificate's private key (PEM)")] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="print the version and exit")] = False,
 ) -> None:
-    """Cargohold's client: docker-style commands over the daemon's HTTP API."""
-    token = read_token(token_file, os.environ.get("CARGOHOLD_TOKEN"))
-    client = Client(Endpoint.parse(host), namespace, token)
+    """Cargohold's client: docker-style commands over the daemon's HTTP API.
+
+    Example: cargohold --host tcp://10.0.0.5:2376 --tlscacert ca.pem --tlscert cert.pem --tlskey key.pem ps
+    """
+    client = _client_of(ctx.params)  # the options above, by name: completion reads them the same way
     ctx.call_on_close(lambda: client.__exit__(None, None, None))
     ctx.obj = client
 
@@ -149,6 +187,8 @@ def _size(count: float | None) -> str:
 
 
 Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
+ContainerArg = Annotated[str, typer.Argument(help="a container", autocompletion=_complete_containers)]
+ContainerList = Annotated[list[str], typer.Argument(help="containers", autocompletion=_complete_containers)]
 
 
 def _check_output(output: str) -> None:
@@ -275,7 +315,7 @@ def _remove_when_gone(client: Client, container_id: str) -> None:
 @app.command(name="exec", context_settings=TRAILING)
 def exec_(
     ctx: typer.Context,
-    container: Annotated[str, typer.Argument(help="a running container")],
+    container: Annotated[str, typer.Argument(help="a running container", autocompletion=_complete_containers)],
     command: Annotated[list[str], typer.Argument(help="the command and its arguments")],
     interactive: Annotated[bool, typer.Option("--interactive", "-i", help="keep stdin open and send ours")] = False,
     terminal: Annotated[bool, typer.Option("--tty", "-t", help="run it on a pseudo-terminal")] = False,
@@ -290,16 +330,12 @@ def exec_(
     exec_id = f"exec-{secrets.token_hex(6)}"
     process = OCIProcess(args=command, cwd=workdir, terminal=terminal or None, env=env or None)
     client.add_exec(container, ExecCreate(exec_id=exec_id, process=process, stdin=interactive))
-    # An exec process is attached once started (the daemon refuses before): without stdin
-    # or a terminal, its log is followed instead, which holds its output from the start.
-    client.start_exec(container, exec_id)
     if interactive or terminal:
-        try:
-            status = _attach_and_wait(client, container, exec_id, interactive, terminal, lambda: None, None)
-            raise typer.Exit(status)
-        except ClientError as error:
-            if error.status != 409:  # 409: it has exited already; its log still has its output
-                raise
+        # Attached before it starts (the daemon stages it), so nothing it prints is missed.
+        raise typer.Exit(_attach_and_wait(client, container, exec_id, interactive, terminal,
+                                          lambda: client.start_exec(container, exec_id), None))
+    # Without stdin or a terminal its log is followed: it holds the output from the start.
+    client.start_exec(container, exec_id)
     _print_log(client, container, follow=True, tail=None, timestamps=False, exec_id=exec_id)
     raise typer.Exit(client.wait(container, exec_id).exit_status)
 
@@ -307,7 +343,7 @@ def exec_(
 @app.command()
 def attach(
     ctx: typer.Context,
-    container: Annotated[str, typer.Argument(help="a running container")],
+    container: Annotated[str, typer.Argument(help="a running container", autocompletion=_complete_containers)],
     no_stdin: Annotated[bool, typer.Option("--no-stdin", help="do not send our stdin")] = False,
 ) -> None:
     """Attach to a running container's streams (its terminal, if it has one); exit with its status.
@@ -385,7 +421,8 @@ def ps(
 
 
 @app.command()
-def inspect(ctx: typer.Context, names: Annotated[list[str], typer.Argument(help="containers or images")]) -> None:
+def inspect(ctx: typer.Context, names: Annotated[list[str], typer.Argument(
+        help="containers or images", autocompletion=_complete_containers)]) -> None:
     """Print containers (with their task) or images as JSON.
 
     Example: cargohold inspect web
@@ -416,7 +453,7 @@ def inspect(ctx: typer.Context, names: Annotated[list[str], typer.Argument(help=
 @app.command()
 def logs(
     ctx: typer.Context,
-    container: str,
+    container: ContainerArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing while it runs")] = False,
     tail: Annotated[int | None, typer.Option(help="only the last N lines")] = None,
     timestamps: Annotated[bool, typer.Option("--timestamps", help="show each line's time")] = False,
@@ -454,7 +491,7 @@ def _stop(client: Client, container_id: str, seconds: int) -> None:
 
 @app.command()
 def stop(
-    ctx: typer.Context, containers: list[str],
+    ctx: typer.Context, containers: ContainerList,
     time_: Annotated[int, typer.Option("--time", "-t", help="seconds before SIGKILL")] = STOP_SECONDS,
 ) -> None:
     """Stop containers: SIGTERM, then SIGKILL after --time seconds.
@@ -469,7 +506,7 @@ def stop(
 
 @app.command()
 def kill(
-    ctx: typer.Context, containers: list[str],
+    ctx: typer.Context, containers: ContainerList,
     signal: Annotated[str, typer.Option("--signal", "-s", help="a name or number")] = "SIGKILL",
 ) -> None:
     """Send a signal to containers' tasks (default SIGKILL).
@@ -484,7 +521,7 @@ def kill(
 
 @app.command()
 def rm(
-    ctx: typer.Context, containers: list[str],
+    ctx: typer.Context, containers: ContainerList,
     force: Annotated[bool, typer.Option("--force", "-f", help="kill and delete a running task first")] = False,
 ) -> None:
     """Delete containers (-f: also a running one).
@@ -508,7 +545,8 @@ def rm(
 @app.command()
 def stats(
     ctx: typer.Context,
-    containers: Annotated[list[str] | None, typer.Argument(help="default: every running task")] = None,
+    containers: Annotated[list[str] | None, typer.Argument(help="default: every running task",
+                                                          autocompletion=_complete_containers)] = None,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="print one table and exit")] = False,
     output: Output = "table",
 ) -> None:
@@ -552,61 +590,94 @@ def stats(
         time.sleep(1.1)
         _print(table())
         return
-    if not sys.stdout.isatty():
-        while True:  # a pipe gets one table a second, not a live display
-            _print(table())
-            sys.stdout.flush()
-            time.sleep(1)
-    with Live(table(), console=Console(), auto_refresh=False) as live:
-        while True:
-            time.sleep(1)
-            live.update(table(), refresh=True)
+    try:
+        if not sys.stdout.isatty():
+            while True:  # a pipe gets one table a second, not a live display
+                _print(table())
+                sys.stdout.flush()
+                time.sleep(1)
+        with Live(table(), console=Console(), auto_refresh=False) as live:
+            while True:
+                time.sleep(1)
+                live.update(table(), refresh=True)
+    except KeyboardInterrupt:
+        # Ctrl-C is how a live table ends: no "Aborted!", the status a shell gives a command
+        # ended by SIGINT (128 + 2), the last table left on the screen.
+        raise typer.Exit(INTERRUPTED) from None
 
 
 # --- images ------------------------------------------------------------------------------
 
 
-def _pull(client: Client, reference: str, plain_http: bool, to: Any = None) -> None:
-    out = to or sys.stdout
-    body = ImagePull(reference=reference, plain_http=plain_http)
+def _transfer(events: Iterator[tuple[str, Any]], out: Any, describe: Callable[[str, Any], str | None]) -> Any:
+    """Show a pull's or a push's progress events on `out`: on a terminal a bar per blob (from
+    the `progress` events) under the lines `describe` gives for the others; otherwise only
+    those lines (`describe` sees the `progress` events too). The `done` event's data; an
+    `error` event raises ClientError."""
+    def final(kind: str, data: Any) -> bool:
+        if kind == "error":
+            raise ClientError(f"{' '.join(str(data.get('detail', '')).split())} ({data.get('status')})",
+                              data.get("status"))
+        return kind == "done"
+
     if out.isatty():
         progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                             console=Console(file=out), transient=False)
         bars: dict[str, TaskID] = {}
-        with progress, client.pull(body) as events:
+        with progress:
             for kind, data in events:
                 if kind == "progress":
                     digest = data["digest"]
                     if digest not in bars:
                         bars[digest] = progress.add_task(digest.split(":")[-1][:12], total=data["total"])
                     progress.update(bars[digest], completed=data["bytes"])
-                elif _last_event(kind, data, lambda line: progress.console.print(line, markup=False)):
-                    return
-        return
-    done: set[str] = set()
-    with client.pull(body) as events:
+                    continue
+                done = final(kind, data)
+                if (line := describe(kind, data)) is not None:
+                    progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+                if done:
+                    return data
+    else:
         for kind, data in events:
-            if kind == "progress":
-                if data["bytes"] >= data["total"] and data["digest"] not in done:
-                    done.add(data["digest"])
-                    print(f"{data['digest'][:19]}: downloaded {data['total']} bytes ({data['media_type']})",
-                          file=out, flush=True)
-            elif _last_event(kind, data, lambda line: print(line, file=out, flush=True)):
-                return
+            done = final(kind, data)
+            if (line := describe(kind, data)) is not None:
+                print(line, file=out, flush=True)
+            if done:
+                return data
+    raise ClientError("the daemon ended the progress stream without a result")
 
 
-def _last_event(kind: str, data: Any, say: Callable[[str], None]) -> bool:
-    """Print a pull's event but progress; True when it was the last (`done`)."""
-    if kind == "resolved":
-        say(f"resolved {data['reference']} -> {data['target']['digest']}")
-    elif kind == "unpacked":
-        say(f"{data['layer'][:19]}: {'already unpacked' if data.get('reused') else 'unpacked'}")
-    elif kind == "done":
-        say(f"pulled {data['name']} ({data['target']['digest']})")
-        return True
-    elif kind == "error":
-        raise ClientError(f"{' '.join(str(data.get('detail', '')).split())} ({data.get('status')})", data.get("status"))
-    return False
+def _pull(client: Client, reference: str, plain_http: bool, to: Any = None) -> None:
+    downloaded: set[str] = set()
+
+    def describe(kind: str, data: Any) -> str | None:
+        if kind == "progress":
+            if data["bytes"] < data["total"] or data["digest"] in downloaded:
+                return None
+            downloaded.add(data["digest"])
+            return f"{data['digest'][:19]}: downloaded {data['total']} bytes ({data['media_type']})"
+        if kind == "resolved":
+            return f"resolved {data['reference']} -> {data['target']['digest']}"
+        if kind == "unpacked":
+            return f"{data['layer'][:19]}: {'already unpacked' if data.get('reused') else 'unpacked'}"
+        if kind == "done":
+            return f"pulled {data['name']} ({data['target']['digest']})"
+        return None
+
+    with client.pull(ImagePull(reference=reference, plain_http=plain_http)) as events:
+        _transfer(events, to or sys.stdout, describe)
+
+
+# How a push's blob outcomes read (`pushed` events).
+PUSH_OUTCOMES = {"uploaded": "pushed", "mounted": "mounted", "exists": "already there"}
+
+
+def _describe_push(kind: str, data: Any) -> str | None:
+    if kind == "pushed":
+        return f"{data['digest'][:19]}: {PUSH_OUTCOMES.get(data['outcome'], data['outcome'])}"
+    if kind == "done":
+        return f"{data['reference']}: digest {data['digest']} size {data['size']}"
+    return None
 
 
 PlainHttp = Annotated[bool, typer.Option("--plain-http", help="speak plain HTTP to the registry (no TLS)")]
@@ -624,19 +695,12 @@ def pull(ctx: typer.Context, reference: str, plain_http: PlainHttp = False) -> N
 @app.command()
 def push(ctx: typer.Context, image: str, reference: Annotated[str | None, typer.Argument(
         help="where to push (default: the image's own name)")] = None, plain_http: PlainHttp = False) -> None:
-    """Push an image to a registry.
+    """Push an image to a registry: a progress bar per blob on a terminal, plain lines otherwise.
 
     Example: cargohold push --plain-http busybox 127.0.0.1:5000/team/busybox:v1
     """
-    client = _state(ctx)
-    result = client.push(image, ImagePush(reference=reference or image, plain_http=plain_http))
-    for digest in result.pushed:
-        print(f"{digest[:19]}: pushed")
-    for digest in result.mounted:
-        print(f"{digest[:19]}: mounted")
-    for digest in result.existing:
-        print(f"{digest[:19]}: already there")
-    print(f"{result.reference}: digest {result.digest} size {result.size}")
+    with _state(ctx).push(image, ImagePush(reference=reference or image, plain_http=plain_http)) as events:
+        _transfer(events, sys.stdout, _describe_push)
 
 
 @app.command()
@@ -769,3 +833,6 @@ def events(
             else:
                 print(f"{data['timestamp']} {data['namespace']} {data['topic']} {json.dumps(data['event'])}",
                       flush=True)
+
+
+from . import ui as _ui  # noqa: E402, F401  (registers `cargohold ui`, app/client/ui.py)

@@ -9,12 +9,15 @@ saves a single-platform image.
 
 A push sends the configs and layers first (a blob the registry has is not sent: HEAD
 first; one in the image's own repository on the same registry is mounted instead of
-uploaded), then the manifests, then the top under the reference's tag or digest.
+uploaded), then the manifests, then the top under the reference's tag or digest, telling
+its caller of each step (`PushProgress`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..content import ContentStore
 from ..errors import CargoholdError, ErrorKind, invalid
@@ -27,6 +30,12 @@ from .registry import Repository, each_at_most
 
 # Blobs of one push uploaded (or checked, or mounted) at once.
 PUSH_CONCURRENCY = 3
+
+# What a push reports as it goes, for a progress stream (as a pull's): (kind, data), kind one
+# of "progress" {digest, media_type, bytes, total} per blob as it is sent (once, at its size,
+# for one not sent), "pushed" {digest, media_type, size, outcome: uploaded|mounted|exists}
+# per blob, "manifest" {digest, media_type, tag} per manifest put (the top last).
+PushProgress = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -115,12 +124,22 @@ async def _planned(content: ContentStore, desc: Descriptor, data: bytes, lease: 
     return PlannedManifest(desc, data, blobs)
 
 
-async def push(content: ContentStore, repository: Repository, image: Plan, mount_from: str | None) -> Pushed:
+async def push(content: ContentStore, repository: Repository, image: Plan, mount_from: str | None,
+               progress: PushProgress | None = None) -> Pushed:
     """Send `image` to `repository`; the top goes under the repository reference's tag or digest."""
     pushed = Pushed()
+    report: PushProgress = progress or (lambda kind, data: None)
+
+    def sent(desc: Descriptor, done: int) -> None:
+        report("progress", {"digest": desc.digest, "media_type": desc.media_type, "bytes": done, "total": desc.size})
 
     async def push_blob(blob: Descriptor) -> None:
-        pushed.record(await repository.push_blob(blob, content, mount_from), blob.digest)
+        outcome = await repository.push_blob(blob, content, mount_from, sent)
+        pushed.record(outcome, blob.digest)
+        if outcome != "uploaded":  # nothing sent: the blob is there all the same
+            sent(blob, blob.size)
+        report("pushed", {"digest": blob.digest, "media_type": blob.media_type, "size": blob.size,
+                          "outcome": outcome})
 
     blobs = image.blobs
     if blobs:
@@ -130,7 +149,11 @@ async def push(content: ContentStore, repository: Repository, image: Plan, mount
     for manifest in image.manifests:
         if manifest.desc.digest != image.top.digest:  # an index's child: by digest, the index names it
             await repository.push_manifest(manifest.desc, manifest.data, tag=manifest.desc.digest)
+            report("manifest", {"digest": manifest.desc.digest, "media_type": manifest.desc.media_type,
+                                "tag": None})
     await repository.push_manifest(image.top, image.top_data)
+    report("manifest", {"digest": image.top.digest, "media_type": image.top.media_type,
+                        "tag": repository.reference.tag})
     return pushed
 
 

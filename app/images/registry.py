@@ -447,11 +447,13 @@ class Repository:
             return False
         raise await self._refuse(response, what)
 
-    async def push_blob(self, desc: Descriptor, store: ContentStore, mount_from: str | None = None) -> str:
+    async def push_blob(self, desc: Descriptor, store: ContentStore, mount_from: str | None = None,
+                        on_progress: Progress | None = None) -> str:
         """Upload blob `desc` from `store` unless the registry has it.
 
         Returns "exists" (nothing sent), "mounted" (cross-repo mount from the repository path
-        `mount_from` on the same registry) or "uploaded". The body streams from the store.
+        `mount_from` on the same registry) or "uploaded". The body streams from the store;
+        `on_progress` hears the bytes handed to the connection so far.
         """
         what = f"blob {desc.digest} of {self.reference.name}"
         info = await store.info(desc.digest)
@@ -475,7 +477,8 @@ class Repository:
         upload = upload.copy_merge_params({"digest": desc.digest})
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)}
         async with aclosing(await store.stream(desc.digest)) as body:
-            response = await self._send("PUT", upload, headers=headers, content=body, what=what)
+            content = body if on_progress is None else _counted(body, desc, on_progress)
+            response = await self._send("PUT", upload, headers=headers, content=content, what=what)
             await response.aclose()
         if response.status_code != 201:
             raise await self._refuse(response, what)
@@ -494,6 +497,15 @@ class Repository:
         answered = response.headers.get("Docker-Content-Digest")
         if answered is not None and answered != desc.digest:
             raise invalid(f"registry {self._host} stored {what} under digest {answered}")
+
+
+async def _counted(chunks: AsyncIterator[bytes], desc: Descriptor, on_progress: Progress) -> AsyncIterator[bytes]:
+    """`chunks`, telling `on_progress` the running total after each is taken."""
+    sent = 0
+    async for chunk in chunks:
+        yield chunk
+        sent += len(chunk)
+        on_progress(desc, sent)
 
 
 async def each_at_most(limit: int, items: Iterable[T], action: Callable[[T], Awaitable[object]]) -> None:

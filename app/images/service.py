@@ -91,8 +91,10 @@ class ImageService:
                                     wanted, progress)
             return await self._store.put(namespace, image)
 
-    async def push(self, namespace: str, name: str, body: ImagePush) -> ImagePushResult:
-        """Push image `name` to `body.reference` (see `push.py`). Raises INVALID_ARGUMENT (a
+    async def push(self, namespace: str, name: str, body: ImagePush,
+                   progress: push.PushProgress | None = None) -> ImagePushResult:
+        """Push image `name` to `body.reference` (see `push.py`), telling `progress` of each
+        blob and manifest as it goes. Raises INVALID_ARGUMENT (a
         bad reference; a digest in it other than the one pushed), NOT_FOUND (no such image;
         or from the registry), CONFLICT (the image's content is incomplete),
         UNAUTHENTICATED, UNAVAILABLE. Nothing changes in the daemon: no row, no event; what a
@@ -106,7 +108,8 @@ class ImageService:
                               "name that digest, or a tag")
             repository = self._registry.repository(reference, credentials=_credentials(body.credentials),
                                                    plain_http=body.plain_http, push=True)
-            pushed = await push.push(self._content, repository, planned, push.mount_source(image.name, reference))
+            pushed = await push.push(self._content, repository, planned, push.mount_source(image.name, reference),
+                                     progress)
         return ImagePushResult(reference=str(reference), digest=planned.top.digest,
                                media_type=planned.top.media_type, size=planned.top.size,
                                pushed=pushed.uploaded, mounted=pushed.mounted, existing=pushed.exists)

@@ -120,6 +120,7 @@ class Exits:
                 watch.close()
             self._live.forget_pidfd(task, process.exec_id)
             if process.pid is None:
+                self._live.cancel_staged(task, process.exec_id)  # attached to, never started
                 continue  # added but never started: it has no exit to record
             exec_exit = exit_from_file(layout.exec(process.exec_id).exit_dir, task_id, process.exec_id, process.pid)
             exec_exit = await self._store.record_exit(namespace, exec_exit)

@@ -1,5 +1,5 @@
 """One object per live task: its locks, its exit watches, the futures its waiters hold,
-the pidfds of its exec processes and the cgroup it runs in.
+the pidfds of its exec processes, those staged for attach, and the cgroup it runs in.
 
 A `LiveTask` exists while anything uses it (a lock held or waited for, a process
 watched, a waiter's future unresolved, an adopted cgroup not yet removed) and goes with
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..models import Exit
 from .cgroups import daemon_cgroup_parent, remove_cgroup, task_cgroup
-from .conmon import ExitWatch, Started, open_child_pidfd
+from .conmon import ExitWatch, StagedExec, Started, open_child_pidfd
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,14 @@ class LiveTask:
     deleted: asyncio.Future[Exit] | None = None
     # pidfds of the exec processes being watched: kill_exec signals through them only.
     pidfds: dict[str, int] = field(default_factory=dict)
+    # Exec processes attached to before their start: conmon up, the process waiting.
+    staged: dict[str, StagedExec] = field(default_factory=dict)
     # The cgroup its bundle names when an earlier version made it (before each daemon had
     # a parent of its own), until teardown removes it.
     adopted_cgroup: str | None = None
 
     def idle(self) -> bool:
-        return not (self.locks or self.watches or self.exited or self.pidfds) and (
+        return not (self.locks or self.watches or self.exited or self.pidfds or self.staged) and (
             self.deleted is None and self.adopted_cgroup is None
         )
 
@@ -146,6 +148,12 @@ class LiveTasks:
             return False
         return True
 
+    def cancel_staged(self, task: LiveTask, exec_id: str) -> None:
+        """An exec process staged for attach that is not to run (its task is ending)."""
+        staged = task.staged.pop(exec_id, None)
+        if staged is not None:
+            staged.cancel()
+
     def forget_pidfd(self, task: LiveTask, exec_id: str) -> None:
         fd = task.pidfds.pop(exec_id, None)
         if fd is not None:
@@ -176,8 +184,11 @@ class LiveTasks:
             await asyncio.to_thread(remove_cgroup, group, up_to)
 
     def close(self) -> None:
-        """Stop watching and close every pidfd (the tasks keep running)."""
+        """Stop watching and close every pidfd (the tasks keep running); exec processes
+        staged for attach are cancelled (a conmon left waiting would run one unwatched)."""
         for task in self.all():
+            for exec_id in list(task.staged):
+                self.cancel_staged(task, exec_id)
             for watch in task.watches.values():
                 watch.close()
             task.watches.clear()

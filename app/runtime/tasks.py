@@ -253,6 +253,11 @@ class TaskService:
         stored exits. Raises NOT_FOUND when there is neither. A task's wait answers once it
         is also deleted (exit means delete), so the container can be deleted right after."""
         pending = self._live.pending(namespace, task_id, exec_id or "")
+        if pending is None and exec_id:
+            # A start in progress watches the process before it lets go of its lock: an exec
+            # attached to before its start may end (its output over) before it is watched.
+            async with self._live.lock(namespace, task_id, exec_id):
+                pending = self._live.pending(namespace, task_id, exec_id)
         if pending is not None:
             return await self._unless_stopping(pending)
         # Not watched: it has exited (the futures are dropped only after the exit is stored).
@@ -359,10 +364,19 @@ class TaskService:
             layout = self._dirs.task(namespace, task_id)
             files, spec_path = layout.exec(exec_id), layout.exec_spec(exec_id)
             await asyncio.to_thread(_write_json, spec_path, process.spec)
-            stdio = Stdio(stdin=read_stdio(files).stdin, terminal=bool(process.spec.get("terminal")))
-            started = await self._require_conmon().exec(
-                runtime_id(namespace, task_id), exec_id, spec_path, self._runtime(record.task.runtime), files, stdio
-            )
+            staged = live.staged.pop(exec_id, None)
+            if staged is not None:  # attached to already: its conmon waits for this
+                try:
+                    started = await staged.start()
+                except BaseException:
+                    staged.cancel()
+                    raise
+            else:
+                stdio = Stdio(stdin=read_stdio(files).stdin, terminal=bool(process.spec.get("terminal")))
+                started = await self._require_conmon().exec(
+                    runtime_id(namespace, task_id), exec_id, spec_path, self._runtime(record.task.runtime), files,
+                    stdio,
+                )
             self._live.keep_pidfd(live, exec_id, started)
             try:
                 result = await self._store.start_process(namespace, task_id, exec_id, started.pid, started.conmon_pid)
@@ -397,8 +411,9 @@ class TaskService:
 
     async def attachable(self, namespace: str, task_id: str, exec_id: str = "") -> tuple[ProcessFiles, Stdio]:
         """The files (attach socket, control fifo) and stdio of a live task's init (exec id
-        "") or started exec process. Raises NOT_FOUND when unknown, CONFLICT when it has
-        exited or (an exec) has not been started."""
+        "") or exec process. An exec process not started yet is staged (`_stage_exec`): its
+        conmon is up, so an attach before the start misses none of its output. Raises
+        NOT_FOUND when unknown, CONFLICT when it has exited."""
         what = f'exec process "{exec_id}" of task "{task_id}"' if exec_id else f'task "{task_id}"'
         try:
             await self._live_record(namespace, task_id)
@@ -408,11 +423,36 @@ class TaskService:
                 raise CargoholdError(ErrorKind.CONFLICT, f"{what} has exited") from None
             raise
         if process is not None and process.process.pid is None:
-            raise CargoholdError(ErrorKind.CONFLICT, f"{what} has not been started: start it, then attach")
-        if not self._watched(namespace, task_id, exec_id):  # conmon has gone: the exit is being recorded
+            await self._stage_exec(namespace, task_id, exec_id)
+        live = self._live.get(namespace, task_id)
+        staged = live is not None and exec_id in live.staged
+        if not staged and not self._watched(namespace, task_id, exec_id):  # conmon has gone: exit being recorded
             raise CargoholdError(ErrorKind.CONFLICT, f"{what} has exited")
         files = self._dirs.task(namespace, task_id).process(exec_id)
         return files, await asyncio.to_thread(read_stdio, files)
+
+    async def _stage_exec(self, namespace: str, task_id: str, exec_id: str) -> None:
+        """Start the conmon of an exec process not started yet, the process itself waiting
+        for `start_exec` (conmon's --exec-attach). Once: a started or staged one is left."""
+        async with self._live.lock(namespace, task_id, exec_id) as live:
+            record = await self._live_record(namespace, task_id)
+            process = await self._store.get_process(namespace, task_id, exec_id)
+            if process.process.status != "created" or exec_id in live.staged:
+                return
+            layout = self._dirs.task(namespace, task_id)
+            files = layout.exec(exec_id)
+            stdio = Stdio(stdin=read_stdio(files).stdin, terminal=bool(process.spec.get("terminal")))
+            # The spec is written at the start (the runtime reads it then): conmon only names it.
+            staged = await self._require_conmon().stage_exec(
+                runtime_id(namespace, task_id), exec_id, layout.exec_spec(exec_id), self._runtime(record.task.runtime),
+                files, stdio,
+            )
+            try:
+                await self._live_record(namespace, task_id)  # its task ended meanwhile: finish cancelled none
+            except BaseException:
+                staged.cancel()
+                raise
+            live.staged[exec_id] = staged
 
     async def metrics(self, namespace: str, task_id: str) -> TaskMetrics:
         """The monitor's latest figures (read now if it has none yet). Raises NOT_FOUND."""

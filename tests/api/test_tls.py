@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,55 +18,18 @@ from tests.api.served import (
     free_port,
     serving,
 )
+from tests.pki import PKI, make_pki
 
 pytestmark = pytest.mark.anyio
 
 
-@dataclass
-class PKI:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    stranger_cert: Path  # signed by another CA
-    stranger_key: Path
-
-
-def openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-
-
-def issue(directory: Path, name: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
-    key, csr, cert, ext = (directory / f"{name}{suffix}" for suffix in (".key", ".csr", ".crt", ".ext"))
-    ext.write_text(extensions)
-    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
-    openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
-            "-days", "2", "-out", cert, "-extfile", ext)
-    return cert, key
-
-
-def authority(directory: Path, name: str) -> tuple[Path, Path]:
-    key, cert = directory / f"{name}.key", directory / f"{name}.crt"
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={name}")
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    directory = tmp_path_factory.mktemp("pki")
-    ca = authority(directory, "cargohold-test-ca")
-    other = authority(directory, "another-ca")
-    server = issue(directory, "server", ca, "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    client = issue(directory, "client", ca, "extendedKeyUsage=clientAuth\n")
-    stranger = issue(directory, "stranger", other, "extendedKeyUsage=clientAuth\n")
-    return PKI(ca[0], *server, *client, *stranger)
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def tls_options(pki: PKI, client_ca: bool = False) -> tuple[str, ...]:
-    options = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key))
+    options = ("--tls-cert", str(pki.server[0]), "--tls-key", str(pki.server[1]))
     return (*options, "--tls-client-ca", str(pki.ca)) if client_ca else options
 
 
@@ -103,12 +64,12 @@ async def test_client_certificates_are_required_with_a_client_ca(tmp_path: Path,
         token = (daemon.state / "token").read_text().strip()
         base = f"https://127.0.0.1:{daemon.port}"
         headers = {"Authorization": f"Bearer {token}"}
-        for name, cert in (("none", None), ("another CA's", (pki.stranger_cert, pki.stranger_key))):
+        for name, cert in (("none", None), ("another CA's", pki.stranger)):
             async with httpx.AsyncClient(base_url=base, verify=context(pki, cert), timeout=5) as client:
                 with pytest.raises(httpx.TransportError):
                     await client.get("/healthz")
                     pytest.fail(f"a client with {name} certificate was served")
-        client_cert = (pki.client_cert, pki.client_key)
+        client_cert = pki.client
         async with httpx.AsyncClient(base_url=base, verify=context(pki, client_cert), timeout=10) as client:
             assert (await client.get("/version", headers=headers)).status_code == 200
             assert (await client.get("/version")).status_code == 401, "a certificate does not replace the token"
@@ -125,7 +86,7 @@ async def test_client_certificates_are_required_with_a_client_ca(tmp_path: Path,
 async def test_tls_flags_that_cannot_work_stop_the_daemon(
     tmp_path: Path, pki: PKI, options: tuple[str, ...], says: str
 ) -> None:
-    paths = {"cert": pki.server_cert, "key": pki.server_key, "ca": pki.ca}
+    paths = {"cert": pki.server[0], "key": pki.server[1], "ca": pki.ca}
     argv = [option.format(**paths) for option in options]
     process = await asyncio.create_subprocess_exec(
         *CARGOHOLD, "serve", "--root", str(tmp_path / "root"), "--state", str(tmp_path / "state"),

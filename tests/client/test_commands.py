@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.client.api import server_sent_events
 from app.client.entry import main
 from tests.client.conftest import TOKEN, Daemon
 from tests.conftest import BASE_URL
@@ -232,13 +233,22 @@ def test_run_it_is_an_interactive_shell(pulled: Daemon, tmp_path: Path) -> None:
 
 def test_exec_it_in_a_running_container(pulled: Daemon, tmp_path: Path) -> None:
     assert ok(pulled.cli("run", "-d", "--name", "box", pulled.image, "sleep", "1000")).strip() == "box"
-    pane = Pane(tmp_path / "tmux",
-                f"env CARGOHOLD_HOST={pulled.host} {CARGOHOLD} exec -it box sh; echo exited-$?; sleep 60")
+    # What a command prints at once is there: the client attaches before the exec starts.
+    exec_ = f"env CARGOHOLD_HOST={pulled.host} {CARGOHOLD} exec"
+    pane = Pane(tmp_path / "tmux", f"{exec_} -it box echo early; echo first-$?; {exec_} -it box sh; echo exited-$?; "
+                "sleep 60")
     try:
         pane.until("/ #")
+        assert "early\nfirst-0\n" in pane.screen().replace("\r", "")
         pane.tmux("send-keys", "-t", "client", "echo in-$((6*7)); exit 4", "Enter")
         screen = pane.until("exited-4")
         assert "\nin-42" in screen
+        for _ in range(3):  # -i, no terminal: the same, every time
+            assert ok(pulled.cli("exec", "-i", "box", "echo", "early", input="")) == "early\n"
+        # A process the runtime cannot start: its refusal, one line (attached first changes nothing).
+        missing = pulled.cli("exec", "-i", "box", "no-such-command", input="")
+        assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1, missing.stderr
+        assert "no-such-command" in missing.stderr, missing.stderr
     finally:
         pane.kill()
         pulled.cli("rm", "-f", "box")
@@ -299,6 +309,74 @@ def test_push_to_a_repository_of_its_own_and_pull_it_back(pulled: Daemon) -> Non
     finally:
         pulled.cli("rmi", target)
     assert [i["name"] for i in json.loads(ok(pulled.cli("images", "-o", "json")))] == [pulled.image]
+    # A push that fails (its stream's error event): the detail, one line.
+    failed = pulled.cli("push", "--plain-http", "nosuch:v1", target)
+    assert (failed.returncode, failed.stdout) == (1, ""), failed.stderr
+    assert len(failed.stderr.splitlines()) == 1 and "nosuch" in failed.stderr and "(404)" in failed.stderr
+
+
+def _other_name(daemon: Daemon, repository: str) -> str:
+    """A reference to the test registry under the name `localhost:PORT`: to the daemon another
+    registry than the image's own, so no blob is mounted across repositories and every one is sent."""
+    port = daemon.image.split("/")[0].rsplit(":", 1)[1]
+    return f"localhost:{port}/{repository}/busybox:v1"
+
+
+def test_push_progress_stream_reports_each_blob_then_the_result(pulled: Daemon) -> None:
+    target = _other_name(pulled, "streamed")
+    body = {"reference": target, "plain_http": True}
+    path = f"/images/{pulled.image}/push"
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(pulled.process.socket)), base_url=BASE_URL,
+                      timeout=60) as http:
+        with http.stream("POST", path, json=body, headers={"Accept": "text/event-stream"}) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = list(server_sent_events(response.iter_lines()))
+        kinds = [kind for kind, _ in events]
+        assert kinds[-1] == "done" and kinds.count("done") == 1 and "error" not in kinds, kinds
+        result = events[-1][1]
+        blobs = {data["digest"]: data for kind, data in events if kind == "pushed"}
+        assert len(blobs) == 2 and {b["outcome"] for b in blobs.values()} == {"uploaded"}, blobs  # config, layer
+        for digest, blob in blobs.items():
+            sent = [(at, data) for at, (kind, data) in enumerate(events)
+                    if kind == "progress" and data["digest"] == digest]
+            counts = [data["bytes"] for _, data in sent]
+            assert counts == sorted(counts) and counts[-1] == blob["size"], (digest, counts)
+            assert {data["total"] for _, data in sent} == {blob["size"]}
+            assert sent[-1][0] < kinds.index("pushed", sent[-1][0]), "a blob's progress comes before it is pushed"
+        layer = max(blobs.values(), key=lambda blob: blob["size"])
+        assert layer["size"] > 1 << 20
+        assert sum(1 for kind, data in events if kind == "progress" and data["digest"] == layer["digest"]) >= 2
+        manifests = [data for kind, data in events if kind == "manifest"]
+        assert manifests[-1]["digest"] == result["digest"] and manifests[-1]["tag"] == "v1", manifests
+        assert kinds.index("manifest") > max(at for at, kind in enumerate(kinds) if kind == "pushed")
+        assert result["reference"] == target and sorted(result["pushed"]) == sorted(blobs)
+        # Without Accept: the JSON answer, as before; every blob is there now.
+        again = http.post(path, json=body)
+        assert again.status_code == 200 and again.headers["content-type"] == "application/json", again.text
+        assert sorted(again.json()["existing"]) == sorted(blobs) and again.json()["pushed"] == []
+        assert again.json()["digest"] == result["digest"]
+        # A push that fails streams its problem, with the status the plain call answers.
+        with http.stream("POST", "/images/nosuch:latest/push", json=body,
+                         headers={"Accept": "text/event-stream"}) as response:
+            failed = list(server_sent_events(response.iter_lines()))
+        assert [kind for kind, _ in failed] == ["error"] and failed[0][1]["status"] == 404, failed
+        assert http.post("/images/nosuch:latest/push", json=body).status_code == 404
+
+
+def test_push_on_a_terminal_draws_a_bar_per_blob(pulled: Daemon, tmp_path: Path) -> None:
+    target = _other_name(pulled, "ttypush")
+    pane = Pane(tmp_path / "tmux", f"env CARGOHOLD_HOST={pulled.host} {CARGOHOLD} push --plain-http "
+                f"{pulled.image} {target}; echo exited-$?; sleep 60")
+    try:
+        screen = pane.until("exited-0")
+    finally:
+        pane.kill()
+    bars = [line for line in screen.splitlines() if "━" in line]
+    assert len(bars) == 2, screen  # the config and the one layer, each sent whole
+    assert sum(": pushed" in line for line in screen.splitlines()) == 2, screen
+    assert any("MB" in line for line in bars), screen
+    assert f"{target}: digest" in screen  # then the digest (the line is wider than the pane)
 
 
 def test_export_rmi_import_brings_the_image_back(pulled: Daemon, tmp_path: Path) -> None:
@@ -390,24 +468,136 @@ def test_stats_no_stream_json_has_the_tasks_memory(pulled: Daemon) -> None:
         pulled.cli("rm", "-f", "measured")
 
 
-# --- a daemon over TCP with a bearer token -----------------------------------------------------
+def _stats_row(screen: str, name: str) -> list[str] | None:
+    """The cells of `name`'s row in a stats table: id, CPU %, usage, "/", limit, pids, net ..."""
+    return next((line.split() for line in screen.splitlines() if line.split()[:1] == [name]), None)
 
 
-def test_tcp_host_with_the_token_and_with_a_wrong_one(pulled: Daemon) -> None:
+def test_stats_live_table_refreshes_until_ctrl_c(pulled: Daemon, tmp_path: Path) -> None:
+    # bash: it carries on after a child that Ctrl-C made exit (rather than die), so the status is printed.
+    pane = Pane(tmp_path / "tmux", f"bash -c 'env CARGOHOLD_HOST={pulled.host} {CARGOHOLD} stats; echo exited-$?; "
+                "sleep 60'")
+    try:
+        pane.until("CONTAINER")
+        assert _stats_row(pane.screen(), "live") is None
+        # A process more every half second: the PIDS cell grows at every refresh.
+        ok(pulled.cli("run", "-d", "--name", "live", pulled.image, "sh", "-c",
+                      "while :; do sleep 1000 & sleep 0.5; done"))
+        deadline = time.monotonic() + 20
+        while (first := _stats_row(pane.screen(), "live")) is None:  # it appears at a refresh
+            assert time.monotonic() < deadline, pane.screen()
+            time.sleep(0.05)
+        while True:
+            row = _stats_row(pane.screen(), "live")
+            if row is not None and int(row[5]) > int(first[5]) and row[1].endswith("%"):
+                break
+            assert time.monotonic() < deadline, (first, pane.screen())
+            time.sleep(0.05)
+        assert row[4] == "unlimited" and row[2].endswith("B"), row
+        ok(pulled.cli("rm", "-f", "live"))
+        while _stats_row(pane.screen(), "live") is not None:  # and goes with its task
+            assert time.monotonic() < deadline, pane.screen()
+            time.sleep(0.05)
+        pane.tmux("send-keys", "-t", "client", "C-c")
+        screen = pane.until("exited-130")
+    finally:
+        pane.kill()
+        pulled.cli("rm", "-f", "live")
+    assert "Aborted" not in screen and "Traceback" not in screen, screen
+    assert "CONTAINER" in screen  # the last table stays
+
+
+def test_completion_gives_commands_and_container_ids(pulled: Daemon, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    def complete(line: str) -> list[str]:
+        # In-process (the same entry point, as bash's completion function runs it): a process
+        # start each would cost a third of a second; one real one follows.
+        with monkeypatch.context() as env:  # not for the subprocesses: they would complete too
+            env.setenv("CARGOHOLD_HOST", pulled.host)
+            env.setenv("_CARGOHOLD_COMPLETE", "complete_bash")
+            env.setenv("COMP_WORDS", line)
+            env.setenv("COMP_CWORD", str(len(line.split(" ")) - 1))
+            assert main([]) == 0
+        return capsys.readouterr().out.split()
+
+    assert {"run", "exec", "attach", "ps", "logs", "stats", "pull", "push", "network"} <= set(complete("cargohold "))
+    assert complete("cargohold netw") == ["network"]
+    assert complete("cargohold network ") == ["ls", "create", "rm"]
+    ok(pulled.cli("run", "-d", "--name", "completed", pulled.image, "sleep", "1000"))
+    try:
+        for line in ("cargohold logs ", "cargohold exec -it ", "cargohold rm -f comp", "cargohold inspect c"):
+            assert complete(line) == ["completed"], line
+        assert complete("cargohold kill x") == []
+        # The ids of the daemon and namespace the line names; no daemon there completes nothing.
+        assert complete("cargohold -n elsewhere logs ") == []
+        assert complete(f"cargohold --host unix://{pulled.process.base}/none.sock logs ") == []
+        done = pulled.cli(env={"_CARGOHOLD_COMPLETE": "complete_bash", "COMP_WORDS": "cargohold stop ",
+                               "COMP_CWORD": "2"})
+        assert ok(done).split() == ["completed"]
+    finally:
+        pulled.cli("rm", "-f", "completed")
+    script = ok(pulled.cli("--show-completion", "bash"))
+    assert "_CARGOHOLD_COMPLETE=complete_bash" in script and "complete " in script
+
+
+# --- a daemon over TCP: TLS (client certificates required) and a bearer token ---------------
+
+
+def test_tcp_host_over_tls_with_the_token_and_with_a_wrong_one(pulled: Daemon) -> None:
     host = f"tcp://127.0.0.1:{pulled.tcp_port}"
-    good = pulled.cli("--host", host, "run", "--rm", pulled.image, "echo", "over-tcp", env={"CARGOHOLD_TOKEN": TOKEN})
-    assert ok(good) == "over-tcp\n"
-    assert [i["name"] for i in json.loads(ok(pulled.cli("--host", host, "images", "-o", "json",
+    # CARGOHOLD_TLS_CA/CERT/KEY as --tlscacert/--tlscert/--tlskey: TLS, the CA trusted, our certificate shown.
+    assert json.loads(ok(pulled.cli("--host", host, "ps", "-a", "-o", "json", env=pulled.tls_env))) == []
+    good = pulled.cli("--host", host, "run", "--rm", pulled.image, "echo", "over-tls", env=pulled.tls_env)
+    assert ok(good) == "over-tls\n"  # attached through wss://
+    flags = ("--tlscacert", str(pulled.pki.ca), "--tlscert", str(pulled.pki.client[0]),
+             "--tlskey", str(pulled.pki.client[1]))
+    assert [i["name"] for i in json.loads(ok(pulled.cli("--host", host, *flags, "images", "-o", "json",
                                                         env={"CARGOHOLD_TOKEN": TOKEN})))] == [pulled.image]
-    bare = {k: v for k, v in os.environ.items() if k not in ("CARGOHOLD_HOST", "CARGOHOLD_TOKEN")}
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}
+    no_token = {**bare, **{k: v for k, v in pulled.tls_env.items() if k != "CARGOHOLD_TOKEN"}}
+    token_file = pulled.process.base / "client-token"
+    token_file.write_text(TOKEN + "\n")
+    listed = subprocess.run([str(CARGOHOLD), "--host", host, "--token-file", str(token_file), "images", "-o", "json"],
+                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, env=no_token)
+    assert listed.returncode == 0, listed.stderr
+    assert [i["name"] for i in json.loads(listed.stdout)] == [pulled.image]
     for token, detail in (("a-wrong-token-of-32-characters!!", "wrong bearer token"),
                           (None, "needs 'Authorization: Bearer <token>' over TCP")):
+        env = {**bare, **{k: v for k, v in pulled.tls_env.items() if k != "CARGOHOLD_TOKEN"},
+               **({"CARGOHOLD_TOKEN": token} if token else {})}
         refused = subprocess.run([str(CARGOHOLD), "--host", host, "run", "--name", "intruder", pulled.image, "true"],
-                                 capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-                                 env={**bare, **({"CARGOHOLD_TOKEN": token} if token else {})})
+                                 capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, env=env)
         assert (refused.returncode, refused.stdout) == (1, ""), (token, refused.stderr)
         lines = refused.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("cargohold: ") and "(401)" in lines[0], refused.stderr
         assert detail in lines[0], refused.stderr
     # Refused changes nothing.
     assert json.loads(ok(pulled.cli("ps", "-a", "-o", "json"))) == []
+
+
+def test_tls_refusals_say_which_side_refused_on_one_line(pulled: Daemon) -> None:
+    host = f"tcp://127.0.0.1:{pulled.tcp_port}"
+    pki = pulled.pki
+    cases = [
+        # A CA that did not sign the daemon's certificate.
+        ({"CARGOHOLD_TLS_CA": str(pki.other_ca), "CARGOHOLD_TLS_CERT": str(pki.client[0]),
+          "CARGOHOLD_TLS_KEY": str(pki.client[1])},
+         f"presented a certificate that --tlscacert {pki.other_ca} does not verify"),
+        # The daemon requires a client certificate (--tls-client-ca) and gets none.
+        ({"CARGOHOLD_TLS_CA": str(pki.ca)}, "requires a client certificate"),
+        # One its CA did not sign.
+        ({"CARGOHOLD_TLS_CA": str(pki.ca), "CARGOHOLD_TLS_CERT": str(pki.stranger[0]),
+          "CARGOHOLD_TLS_KEY": str(pki.stranger[1])}, f"refused our client certificate (--tlscert {pki.stranger[0]})"),
+        # Plain HTTP to a TLS listener.
+        ({}, "hung up without an answer: if it serves TLS, add --tls"),
+        # Half a client certificate.
+        ({"CARGOHOLD_TLS_CA": str(pki.ca), "CARGOHOLD_TLS_CERT": str(pki.client[0])},
+         "--tlscert and --tlskey go together"),
+    ]
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}
+    for env, words in cases:
+        done = subprocess.run([str(CARGOHOLD), "--host", host, "ps"], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL, env={**bare, **env, "CARGOHOLD_TOKEN": TOKEN})
+        assert (done.returncode, done.stdout) == (1, ""), (env, done.stderr)
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cargohold: ") and words in lines[0], (env, done.stderr)

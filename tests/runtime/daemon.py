@@ -88,6 +88,23 @@ class DaemonProcess:
             raise AssertionError(f"{error}:\n{self.logs()}") from None
         return client
 
+    def wait_serving(self, popen: subprocess.Popen[bytes], http: httpx.Client) -> None:
+        """Block until `popen`, this daemon started by a fixture of its own (with its
+        listeners), answers `GET /healthz` through `http`; fail with its log if it exits
+        first or takes longer than READY_SECONDS."""
+
+        def answers() -> bool:
+            if popen.poll() is not None:
+                raise AssertionError(f"the daemon exited with {popen.returncode}:\n{self.logs()}")
+            if not self.socket.exists():  # not before: a failed unix connect leaks its socket (httpx)
+                return False
+            try:
+                return http.get("/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for_sync(answers, f"the daemon answers /healthz; its log:\n{self.log}", READY_SECONDS)
+
     async def stop(self, how: signal.Signals) -> None:
         """SIGTERM (graceful: must exit 0) or SIGKILL (a crash)."""
         assert self.process is not None

@@ -22,10 +22,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.api.middleware import K8S_TOKEN_SUBPROTOCOL
+from app.bearer import K8S_TOKEN_SUBPROTOCOL
 from app.config import Settings
 from tests.api.served import serving, stop
-from tests.conftest import leftovers, wait_for
+from tests.conftest import conmon_pids_under, leftovers, wait_for
 from tests.runtime.conftest import import_busybox, make_container
 from tests.runtime.daemon import daemon_in
 from tests.runtime.tasks import PROBLEM, log_lines, no_tasks, problem, texts, wait_exec
@@ -313,17 +313,32 @@ class TestRefused:
         async with attached(runtime_settings, namespace, "/tasks/sh/attach", Origin="http://cargohold") as ws:
             await send(ws, STDIN, b"echo same-$((1+2))\n")
             await Reader(ws).until(STDOUT, b"same-3\r\n")
-        added = await api.post("/tasks/sh/processes", json={"exec_id": "later", "process": {"args": ["true"]}},
-                               headers=ns_headers)
+        # An exec process not started yet is no refusal: attach, then start, and its first output is there.
+        added = await api.post("/tasks/sh/processes", json={"exec_id": "later", "process": {
+            "args": ["echo", "early"]}}, headers=ns_headers)
         assert added.status_code == 201
-        with pytest.raises(InvalidStatus) as error:
-            async with attached(runtime_settings, namespace, "/tasks/sh/processes/later/attach"):
-                pass
-        assert "not been started" in refused(error, 409)["detail"]
+        async with attached(runtime_settings, namespace, "/tasks/sh/processes/later/attach") as ws:
+            started = await api.post("/tasks/sh/processes/later/start", headers=ns_headers)
+            assert started.status_code == 200, started.text
+            reader = Reader(ws)
+            assert (await reader.status())["status"] == "Success"
+            assert reader.data[STDOUT] == b"early\n"
+        # One attached to and left, never started: it does not run, and its waiting conmon
+        # goes with the task (runtime_settings' leftovers check: no conmon is left).
+        added = await api.post("/tasks/sh/processes", json={"exec_id": "never", "process": {
+            "args": ["touch", "/ran"]}}, headers=ns_headers)
+        assert added.status_code == 201
+        async with attached(runtime_settings, namespace, "/tasks/sh/processes/never/attach"):
+            pass
+        unstarted = await api.post("/tasks/sh/processes/never/kill", json={"signal": 9}, headers=ns_headers)
+        assert "not been started" in problem(unstarted, 409)["detail"]
         for body in ({"width": 0, "height": 10}, {"width": 10}, {"width": "wide", "height": 10},
                      {"width": 1001, "height": 10}):
             problem(await api.post("/tasks/sh/resize", json=body, headers=ns_headers), 422)
         problem(await api.post("/tasks/nope/resize", json={"width": 8, "height": 8}, headers=ns_headers), 404)
+        # The task goes (the daemon still running): "never"'s waiting conmon with it.
+        assert (await api.delete("/tasks/sh", headers=ns_headers)).status_code == 200
+        assert conmon_pids_under(runtime_settings.state) == []
 
     @pytest.mark.parametrize(
         "message, code, words",
