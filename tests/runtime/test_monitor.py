@@ -29,7 +29,7 @@ from app.monitor.cgroup_stats import CGROUP_ROOT, CgroupMode, CgroupStats, detec
 from app.monitor.monitor import Monitor
 from tests.conftest import running_server, uds_client, wait_for
 from tests.runtime.conftest import delete_all_tasks, import_busybox, make_container
-from tests.runtime.tasks import monitor_polls, run_task
+from tests.runtime.tasks import monitor_polls, run_exec, run_task, wait_exec
 
 pytestmark = [pytest.mark.anyio, pytest.mark.runtime]
 
@@ -317,8 +317,11 @@ async def test_memory_usage_rises_and_task_metrics(
     """A task that grows an 8 MiB shell variable then sleeps: container_memory_usage_bytes
     rises on /metrics; /tasks/{id}/metrics has read_at and the figures; polls are timed."""
     await import_busybox(client, busybox_tar, ns_headers)
-    # The final `echo` keeps the shell (and its variable) alive: busybox would exec a last `sleep`.
-    grow = "sleep 1; x=0123456789abcdef; i=0; while [ $i -lt 19 ]; do x=$x$x; i=$((i+1)); done; sleep 1000; echo ${#x}"
+    # The shell grows only once told (/dev/shm/go, made by an exec), so the baseline is read
+    # before it: a fixed sleep let a loaded machine read it mid-growth. The final `echo`
+    # keeps the shell (and its variable) alive: busybox would exec a last `sleep`.
+    grow = ("while [ ! -e /dev/shm/go ]; do sleep 0.05; done; "
+            "x=0123456789abcdef; i=0; while [ $i -lt 19 ]; do x=$x$x; i=$((i+1)); done; sleep 1000; echo ${#x}")
     await make_container(client, ns_headers, "grower", ["sh", "-c", grow])
     before = await scrape(client)
     polls_before = before["cargohold_monitor_poll_seconds_count"][0][1]
@@ -329,6 +332,8 @@ async def test_memory_usage_rises_and_task_metrics(
 
     first = await wait_for(usage, "container_memory_usage_bytes has a value", 15)
     assert first < 4 * MIB, "the shell had not grown yet; the test needs a baseline"
+    await run_exec(client, ns_headers, "grower", "go", ["touch", "/dev/shm/go"])
+    assert (await wait_exec(client, ns_headers, "grower", "go"))["exit_status"] == 0
     grown = await wait_for(lambda: _at_least(usage, first + 6 * MIB), "the usage grows by 6 MiB", 15)
     assert grown >= first + 6 * MIB
 
