@@ -34,7 +34,7 @@ import socket
 import sys
 import tempfile
 import webbrowser
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -180,16 +180,8 @@ class UiProxy:
                     while (await receive())["type"] != "http.disconnect":
                         pass
 
-            relaying = asyncio.ensure_future(relay())
-            watching = asyncio.ensure_future(watch())
-            stopping = asyncio.ensure_future(self.stopping.wait())
-            try:
-                await asyncio.wait({relaying, watching, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for side in (relaying, watching, stopping):
-                    side.cancel()
-                await asyncio.gather(relaying, watching, stopping, return_exceptions=True)
-            if stopping.done() or (relaying.done() and not relaying.cancelled() and relaying.exception() is None):
+            relaying, _, stopping = await _first_of(relay(), watch(), self.stopping.wait())
+            if _ended(stopping) or (_ended(relaying) and relaying.exception() is None):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
@@ -240,24 +232,37 @@ class UiProxy:
                 data = message.get("bytes")
                 await upstream.send(data if data is not None else message.get("text", ""))
 
-        going_down = asyncio.ensure_future(downstream())
-        going_up = asyncio.ensure_future(upward())
-        stopping = asyncio.ensure_future(self.stopping.wait())
         try:
-            await asyncio.wait({going_down, going_up, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            going_down, _, stopping = await _first_of(downstream(), upward(), self.stopping.wait())
         finally:
-            for side in (going_down, going_up, stopping):
-                side.cancel()
-            await asyncio.gather(going_down, going_up, stopping, return_exceptions=True)
             await upstream.close()
-        if stopping.done():
+        if _ended(stopping):
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1001, "reason": "cargohold ui is stopping"})
             return
-        if going_down.done():  # the daemon closed: pass its close code and reason on
+        if _ended(going_down):  # the daemon closed: pass its close code and reason on
             code = upstream.close_code if upstream.close_code not in (None, 1005, 1006) else 1000
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": code, "reason": upstream.close_reason or ""})
+
+
+async def _first_of(*sides: Coroutine[Any, Any, Any]) -> list[asyncio.Future[Any]]:
+    """Run `sides` until the first ends; the others are cancelled and awaited. Their futures,
+    in order, for `_ended` to tell which ended by themselves."""
+    futures: list[asyncio.Future[Any]] = [asyncio.ensure_future(side) for side in sides]
+    try:
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in futures:
+            future.cancel()
+        await asyncio.gather(*futures, return_exceptions=True)
+    return futures
+
+
+def _ended(future: asyncio.Future[Any]) -> bool:
+    """Whether a side of `_first_of` ended by itself (every side is done afterwards: the
+    others were cancelled)."""
+    return not future.cancelled()
 
 
 def _headers(scope: Scope) -> dict[str, str]:

@@ -488,6 +488,21 @@ def test_cargohold_ui_in_front_of_a_tcp_daemon_adds_the_daemon_s_token(daemon: D
                     additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10)
         assert refused.value.response.status_code == 404
         assert b"nobody" in (refused.value.response.body or b"")
+        # A process that ends: the daemon's status message and close code come through as sent.
+        daemon.run("relayed", SLEEPER)
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, trust_env=False) as http:
+            added = http.post("/tasks/relayed/processes",
+                              json={"exec_id": "three", "process": {"args": ["sh", "-c", "exit 3"]}})
+            assert added.status_code == 201, added.text
+            with connect(f"ws://127.0.0.1:{parts.port}/tasks/relayed/processes/three/attach",
+                         subprotocols=[Subprotocol("v5.channel.k8s.io")],
+                         additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10) as attached:
+                assert http.post("/tasks/relayed/processes/three/start").status_code == 200
+                statuses = [json.loads(message[1:]) for message in attached
+                            if isinstance(message, bytes) and message[:1] == b"\x03"]
+            assert attached.close_code == 1000, (attached.close_code, attached.close_reason)
+            assert [status["status"] for status in statuses] == ["Failure"], statuses
+            assert "3" in json.dumps(statuses[0])
         os.kill(proxy.pid, signal.SIGTERM)
         assert proxy.wait(10) == 0
     finally:
