@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -29,25 +28,13 @@ import httpx
 
 from app.network.cni import Chain, Invocation
 from bench.run import Daemon, Report, expect, ms, spec, summary
+from tests.conftest import free_port, links
 
 NETWORK = "bench-w7"
 SUBNET = "10.215.7.0/24"
 BRIDGE = "chb-w7"
 CONTAINER_PORT = 80
 WARM_UP = 3
-
-
-def free_port() -> int:
-    """A TCP port nothing on the host has bound (the kernel's pick), for the bench to publish."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def links() -> set[str]:
-    done = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True)
-    return {line.split(": ")[1].split("@")[0] for line in done.stdout.splitlines() if ": " in line}
 
 
 def bridge_ports(bridge: str) -> set[str]:

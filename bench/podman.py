@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.attach import CAT_BYTES, RAW_CAT, pipe_read, pty_keystrokes, with_p99
-from bench.networking import CONTAINER_PORT, WARM_UP, free_port, iptables_rules, links, portmap_chains
+from bench.networking import CONTAINER_PORT, WARM_UP, iptables_rules, portmap_chains
 from bench.peers import (
     alive,
     cgroup_dirs,
@@ -45,6 +45,7 @@ from bench.peers import (
     signal_and_wait,
 )
 from bench.run import Report, ms, summary
+from tests.conftest import free_port, links
 
 IMAGE = "cargohold.local/bench/busybox:latest"
 NETWORK = "bench-w7p"

@@ -16,6 +16,7 @@ import inspect
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -147,6 +148,23 @@ def wait_for_sync(condition: Callable[[], T | None], what: str, within: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {within} s: {what} (last seen: {result!r})")
         time.sleep(every)
+
+
+# --- the host ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing has bound (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def links() -> set[str]:
+    """The host's network links by name (veths, bridges), for before-and-after checks."""
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
 
 
 # --- what a daemon must not leave behind --------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import stat
 import sys
 from collections.abc import AsyncIterator
@@ -19,17 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import BASE_URL, wait_for
+from tests.conftest import BASE_URL, free_port, wait_for
 
 MAIN = Path(__file__).resolve().parents[2]
 CARGOHOLD = (str(Path(sys.executable).with_name("cargohold")),)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -33,11 +33,10 @@ from app.main import MIN_TOKEN_LENGTH, create_app, load_token
 from app.ondisk import StartupError
 from tests.api.served import (
     CARGOHOLD,
-    free_port,
     mode_of,
     serving,
 )
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 pytestmark = pytest.mark.anyio
 

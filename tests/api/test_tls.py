@@ -15,9 +15,9 @@ from app.cli import _check_tls
 from app.config import Listener, Settings
 from tests.api.served import (
     CARGOHOLD,
-    free_port,
     serving,
 )
+from tests.conftest import free_port
 from tests.pki import PKI, make_pki
 
 pytestmark = pytest.mark.anyio

@@ -13,8 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.served import free_port
-from tests.conftest import BASE_URL, stop_process
+from tests.conftest import BASE_URL, free_port, stop_process
 from tests.images.conftest import REPOSITORY, Registry, oci_layout, running_registry
 from tests.pki import PKI, make_pki
 from tests.runtime.conftest import require_runtime

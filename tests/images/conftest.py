@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -50,7 +49,7 @@ from app.images.descriptors import (
 )
 from app.models import Mount
 from app.snapshots.mounts import mount_all, unmount
-from tests.conftest import in_process_client, stop_process
+from tests.conftest import free_port, in_process_client, stop_process
 from tests.rootfs import write_busybox_tar
 
 REQUIRED = ("docker-registry", "skopeo", "umoci", "htpasswd", "busybox")
@@ -68,13 +67,6 @@ def require_registry_tools() -> None:
         pytest.fail(f"image tests cannot run ({problem}); CI must install docker-registry, skopeo, umoci, "
                     "apache2-utils and busybox-static (make test-packages)")
     pytest.skip(f"image tests need docker-registry, skopeo, umoci, htpasswd and busybox ({problem})")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def run(*args: str | Path) -> str:

@@ -16,7 +16,8 @@ import pytest
 
 from app.config import Settings
 from app.images.descriptors import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
-from tests.images.conftest import PASSWORD, REPOSITORY, USERNAME, Registry, free_port, running_registry
+from tests.conftest import free_port
+from tests.images.conftest import PASSWORD, REPOSITORY, USERNAME, Registry, running_registry
 
 pytestmark = [pytest.mark.anyio, pytest.mark.registry]
 

@@ -33,6 +33,7 @@ from app.images.descriptors import (
 )
 from app.images.references import parse_reference
 from app.images.registry import Credentials, RegistryClient, Repository, make_ref_key
+from tests.conftest import free_port
 from tests.images.conftest import (
     PASSWORD,
     REPOSITORY,
@@ -43,7 +44,6 @@ from tests.images.conftest import (
     Reply,
     TokenRequest,
     TokenServer,
-    free_port,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.registry]

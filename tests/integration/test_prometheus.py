@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import httpx
 import pytest
 
 from app.config import Listener, Settings
-from tests.conftest import leftovers, wait_for_sync
+from tests.conftest import free_port, leftovers, wait_for_sync
 from tests.rootfs import write_busybox_tar
 from tests.runtime.conftest import require_runtime
 
@@ -42,13 +41,6 @@ def require_prometheus() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{PROMETHEUS} is missing; CI must install Debian's prometheus package")
     pytest.skip(f"needs Prometheus ({PROMETHEUS}: apt-get install prometheus)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def answers(client: httpx.Client, path: str) -> bool:

@@ -31,7 +31,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Listener, Settings
-from tests.conftest import leftovers, wait_for
+from tests.conftest import free_port, leftovers, links, wait_for
 from tests.runtime.conftest import delete_all_tasks, import_busybox, make_container, require_runtime, serving
 from tests.runtime.daemon import daemon_in
 from tests.runtime.tasks import LONG, gone, log_lines, no_tasks, problem, run_task, texts, wait_exit
@@ -64,18 +64,6 @@ def fresh_network(prefix: str = "t") -> dict[str, str]:
     10.213.0.0/16) and a bridge name no other run uses."""
     tag = secrets.token_hex(3)
     return {"name": f"{prefix}-{tag}", "subnet": f"10.214.{secrets.randbelow(250) + 1}.0/24", "bridge": f"cht{tag}"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def links() -> set[str]:
-    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
 
 
 _TASK_CHAIN = re.compile(r"^:CNI-(?!HOSTPORT-|FORWARD |ADMIN )")

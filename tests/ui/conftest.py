@@ -21,8 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.api.served import free_port
-from tests.conftest import stop_process
+from tests.conftest import free_port, stop_process
 from tests.images.conftest import REPOSITORY, Registry, oci_layout, running_registry
 from tests.runtime.conftest import require_runtime
 from tests.runtime.daemon import CARGOHOLD, DaemonProcess, scrub
